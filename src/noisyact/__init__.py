@@ -1,0 +1,55 @@
+"""noisyact: Noisy Activation Functions (Gulcehre, Moczulski, Denil, Bengio, ICML 2016) for PyTorch.
+
+Quick start::
+
+    import torch, noisyact
+    act = noisyact.NoisyHardTanh(variant="NAH")      # Eq. 12 with half-normal noise
+    y = act(torch.randn(4, 8))                       # training: noisy where saturated
+    act.eval(); y = act(torch.randn(4, 8))           # eval: exact expectation (Eq. 13)
+"""
+
+from . import functional, saturating
+from .anneal import Constant, Cosine, Exponential, InverseSqrt, Linear, NoiseAnnealer
+from .convert import NoisifyReport, noise_parameters, noisify, param_groups, register_converter
+from .fused import fused_mode, set_fused_mode
+from .modules import (
+    NoisyActivation,
+    NoisyHardSigmoid,
+    NoisyHardTanh,
+    NoisySigmoid,
+    NoisyTanh,
+    make_saturating,
+)
+from .registry import create_act_layer, get_act_layer, list_act_layers
+from .saturating import Saturating
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Constant",
+    "Cosine",
+    "Exponential",
+    "InverseSqrt",
+    "Linear",
+    "NoiseAnnealer",
+    "NoisifyReport",
+    "NoisyActivation",
+    "NoisyHardSigmoid",
+    "NoisyHardTanh",
+    "NoisySigmoid",
+    "NoisyTanh",
+    "Saturating",
+    "__version__",
+    "create_act_layer",
+    "functional",
+    "fused_mode",
+    "get_act_layer",
+    "list_act_layers",
+    "make_saturating",
+    "noise_parameters",
+    "noisify",
+    "param_groups",
+    "register_converter",
+    "saturating",
+    "set_fused_mode",
+]

@@ -1,0 +1,185 @@
+"""Noise annealing (§6.6, continuation): schedules for c and an annealer attached to a model.
+
+The paper anneals c from 30 to 0.5 with c_t = c0 / √(t + 1), t advanced every 200 updates. A
+schedule maps the number of updates done to c; :class:`NoiseAnnealer` writes that c into every
+noisy module of a model, the way an LR scheduler writes the learning rate into an optimizer::
+
+    annealer = NoiseAnnealer(model, InverseSqrt(c0=30.0, every=200, floor=0.5))
+    for batch in data:
+        loss(model(batch)).backward(); opt.step()
+        annealer.step()
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from torch import nn
+
+from ._validation import check_nonnegative
+
+__all__ = [
+    "Constant",
+    "Cosine",
+    "Exponential",
+    "InverseSqrt",
+    "Linear",
+    "NoiseAnnealer",
+    "Schedule",
+]
+
+
+class Schedule(Protocol):
+    """c as a function of the number of updates done."""
+
+    def __call__(self, step: int) -> float: ...
+
+
+def _check_steps(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Constant:
+    """c_t = c."""
+
+    c: float
+
+    def __post_init__(self) -> None:
+        check_nonnegative("c", self.c)
+
+    def __call__(self, step: int) -> float:
+        return float(self.c)
+
+
+@dataclass(frozen=True)
+class InverseSqrt:
+    """The paper's schedule (§6.6): c_t = max(floor, c0 / √(t + 1)), t = ⌊step / every⌋.
+
+    The paper anneals "from 30 to 0.5" without saying how c stops at 0.5 (30/√(t+1) only reaches
+    it at t = 3599); ``floor`` makes that explicit.
+    """
+
+    c0: float
+    every: int = 200
+    floor: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_nonnegative("c0", self.c0)
+        check_nonnegative("floor", self.floor)
+        _check_steps("every", self.every)
+
+    def __call__(self, step: int) -> float:
+        t = step // self.every
+        return max(float(self.floor), self.c0 / math.sqrt(t + 1))
+
+
+@dataclass(frozen=True)
+class Linear:
+    """c goes linearly from c0 to c1 over ``steps`` updates, then stays at c1."""
+
+    c0: float
+    c1: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        check_nonnegative("c0", self.c0)
+        check_nonnegative("c1", self.c1)
+        _check_steps("steps", self.steps)
+
+    def __call__(self, step: int) -> float:
+        f = min(step, self.steps) / self.steps
+        return self.c0 + (self.c1 - self.c0) * f
+
+
+@dataclass(frozen=True)
+class Exponential:
+    """c_t = max(floor, c0 · gamma^⌊step / every⌋)."""
+
+    c0: float
+    gamma: float
+    every: int = 1
+    floor: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_nonnegative("c0", self.c0)
+        check_nonnegative("floor", self.floor)
+        if not (0.0 < self.gamma <= 1.0):
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
+        _check_steps("every", self.every)
+
+    def __call__(self, step: int) -> float:
+        return max(float(self.floor), self.c0 * self.gamma ** (step // self.every))
+
+
+@dataclass(frozen=True)
+class Cosine:
+    """Half-cosine from c0 down to c_min over ``steps`` updates, then c_min."""
+
+    c0: float
+    c_min: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        check_nonnegative("c0", self.c0)
+        check_nonnegative("c_min", self.c_min)
+        _check_steps("steps", self.steps)
+
+    def __call__(self, step: int) -> float:
+        f = min(step, self.steps) / self.steps
+        return self.c_min + (self.c0 - self.c_min) * 0.5 * (1.0 + math.cos(math.pi * f))
+
+
+def noisy_modules(model: nn.Module | Iterable[nn.Module]) -> list[nn.Module]:
+    """Every module of ``model`` whose noise scale can be set (it has ``set_c``)."""
+    mods = model.modules() if isinstance(model, nn.Module) else model
+    return [m for m in mods if callable(getattr(m, "set_c", None))]
+
+
+class NoiseAnnealer:
+    """Sets c of every noisy module of ``model`` from ``schedule`` after each update.
+
+    Args:
+        model: a model (all its noisy modules are annealed) or an iterable of noisy modules.
+        schedule: a :class:`Schedule`, e.g. :class:`InverseSqrt`.
+        last_step: number of updates already done (to resume without a state dict).
+
+    Raises:
+        ValueError: if the model contains no noisy module.
+    """
+
+    def __init__(self, model: nn.Module | Iterable[nn.Module], schedule: Schedule,
+                 last_step: int = 0) -> None:
+        self.modules = noisy_modules(model)
+        if not self.modules:
+            raise ValueError("model contains no noisy module to anneal")
+        self.schedule = schedule
+        self.last_step = int(last_step)
+        self._apply()
+
+    @property
+    def c(self) -> float:
+        """The c currently written into the modules."""
+        return float(self.schedule(self.last_step))
+
+    def _apply(self) -> None:
+        c = self.c
+        for m in self.modules:
+            m.set_c(c)  # type: ignore[operator]
+
+    def step(self) -> float:
+        """Advance by one update and return the new c."""
+        self.last_step += 1
+        self._apply()
+        return self.c
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_step": self.last_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last_step = int(state["last_step"])
+        self._apply()

@@ -1,0 +1,335 @@
+r"""The paper's equations as pure functions: the reference path.
+
+Every noisy activation of Gulcehre et al. (2016) is built here from a saturating function h and its
+linearisation u (:mod:`noisyact.saturating`):
+
+.. math::
+
+    \Delta &= h(x) - u(x)                                        && \text{(Eq. 8)} \\
+    \sigma(x) &= c\,(g(p\Delta) - 0.5)^2,\quad g = \mathrm{sigmoid} && \text{(Eq. 9)} \\
+    d(x) &= -\operatorname{sgn}(x)\operatorname{sgn}(1 - \alpha),\quad \operatorname{sgn}(0) = 1 \\
+    \phi(x, \xi) &= \alpha h(x) + (1 - \alpha) u(x) + d(x)\sigma(x)\epsilon  && \text{(Eq. 12)} \\
+    \phi(x, \xi) &= h(x + \sigma\xi)                                 && \text{(Eq. 14)} \\
+    \phi(x, \xi) &= h(x + 1_{|x| \ge |x_t|}\,\sigma\xi)              && \text{(Eq. 15)}
+
+with :math:`\xi \sim N(0, 1)`, :math:`\epsilon = \xi` (NAN) or :math:`|\xi|` (NAH, Algorithm 1).
+
+========  ===========================================  ============================================
+variant   training (noise ξ drawn per element)           eval (no random op)
+========  ===========================================  ============================================
+NAN       Eq. 12, ε = ξ                                  αh + (1−α)u                        (Eq. 13)
+NAH       Eq. 12, ε = |ξ|  (Algorithm 1)                 αh + (1−α)u + dσ·√(2/π)            (Eq. 13)
+NANI      Eq. 14, σ = c fixed                            h(x)
+NANIL     Eq. 14, σ = σ(x) of Eq. 9 (learned p)          h(x)
+NANIS     Eq. 15, σ = c, only where |x| >= x_t          h(x)
+========  ===========================================  ============================================
+
+For NAN and NAH the eval output is the exact expectation of the training output over ξ. For the
+input-noise variants the paper replaces ξ by its mean (ξ → 0), giving h(x); this equals the
+expectation wherever the input noise cannot cross a kink of h (σ = 0 in the linear regime of
+NANIL/NANIS, far inside saturation), and differs from it by O(σ) near the thresholds.
+
+Computations for float16/bfloat16 inputs run in float32 (σ(x) is a difference of nearly equal
+numbers) and the result is cast back. ``c = 0`` gives exactly the noise-free function, never a NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from . import fused
+from ._validation import check_hyperparameters, check_variant
+from .fused import compute_dtype
+from .saturating import HARD_SIGMOID, HARD_TANH, SIGMOID, TANH, Saturating
+
+__all__ = [
+    "HALF_NORMAL_MEAN",
+    "INPUT_NOISE_VARIANTS",
+    "OUTPUT_NOISE_VARIANTS",
+    "VARIANTS",
+    "broadcast_p",
+    "default_alpha",
+    "default_c",
+    "draw_noise",
+    "noise_direction",
+    "noise_scale",
+    "noisy_activation",
+    "noisy_hard_sigmoid",
+    "noisy_hard_tanh",
+    "noisy_sigmoid",
+    "noisy_tanh",
+    "output_noise_expectation",
+    "saturation",
+]
+
+VARIANTS = ("NAN", "NAH", "NANI", "NANIL", "NANIS")
+OUTPUT_NOISE_VARIANTS = ("NAN", "NAH")
+INPUT_NOISE_VARIANTS = ("NANI", "NANIL", "NANIS")
+#: Variants whose noise scale is σ(x) of Eq. 9 and therefore need the learned p.
+LEARNED_P_VARIANTS = ("NAN", "NAH", "NANIL")
+#: E|ξ| for ξ ~ N(0, 1): the half-normal mean √(2/π) used by NAH at test time (Eq. 13).
+HALF_NORMAL_MEAN = math.sqrt(2.0 / math.pi)
+
+
+def default_alpha(fn: Saturating) -> float:
+    """α used when none is given: the authors' code defaults (NTanhP 1.15, NSigmoidP 1.1), else 1."""
+    return {"hard_tanh": 1.15, "hard_sigmoid": 1.1}.get(fn.name, 1.0)
+
+
+def default_c(variant: str) -> float:
+    """c used when none is given: 0.05 for NANI (Table 3), 0.25 for NANIS (authors' code), else 0.5."""
+    return {"NANI": 0.05, "NANIS": 0.25}.get(check_variant(variant), 0.5)
+
+
+def saturation(h_x: Tensor, u_x: Tensor) -> Tensor:
+    """Eq. 8: ∆ = h(x) − u(x), zero in the linear regime."""
+    return h_x - u_x
+
+
+def noise_scale(delta: Tensor, p: Tensor, c: float | Tensor) -> Tensor:
+    """Eq. 9: σ(x) = c (sigmoid(p ∆) − 0.5)², in [0, c/4), zero where ∆ = 0."""
+    s = torch.sigmoid(p * delta) - 0.5
+    if isinstance(c, float):  # the refinement lets TorchScript type c
+        return (s * s) * c
+    return (s * s) * c
+
+
+def noise_direction(x: Tensor, alpha: float) -> Tensor:
+    """d(x) = −sgn(x) sgn(1 − α) with the paper's sgn(0) = 1 (§4.2)."""
+    s_alpha = 1.0 if 1.0 - alpha >= 0.0 else -1.0
+    return torch.where(x >= 0, -s_alpha, s_alpha).to(x.dtype)
+
+
+def broadcast_p(p: Tensor, x: Tensor, dim: int) -> Tensor:
+    """View p so that it broadcasts against x: one value, or one per entry of ``x.shape[dim]``."""
+    if p.numel() == 1:
+        return p.reshape(())
+    if x.dim() == 0:
+        raise ValueError(
+            "p has " + str(p.numel()) + " values but the input is a scalar; use num_parameters=1"
+        )
+    d = dim if dim >= 0 else dim + x.dim()
+    if d < 0 or d >= x.dim():
+        raise ValueError("dim=" + str(dim) + " is out of range for an input of shape "
+                         + str(list(x.shape)))
+    if p.dim() != 1 or p.shape[0] != x.shape[d]:
+        raise ValueError(
+            "p has shape " + str(list(p.shape)) + " but the input has " + str(x.shape[d])
+            + " features along dim " + str(dim) + " (input shape " + str(list(x.shape)) + ")"
+        )
+    shape = [1] * x.dim()
+    shape[d] = p.shape[0]
+    return p.reshape(shape)
+
+
+def draw_noise(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """ξ ~ N(0, 1) with the shape, dtype and device of x (contiguous, in x's logical order)."""
+    return torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+
+
+def output_noise_expectation(
+    x: Tensor, h_x: Tensor, u_x: Tensor, p: Tensor, alpha: float, c: float | Tensor,
+    half_normal: bool,
+) -> Tensor:
+    """Eq. 13: E_ξ[φ(x, ξ)] = αh + (1 − α)u + d σ E[ε] (all arguments in the compute dtype)."""
+    out = alpha * h_x + (1.0 - alpha) * u_x
+    if half_normal:
+        sigma = noise_scale(saturation(h_x, u_x), p, c)
+        out = out + noise_direction(x, alpha) * sigma * math.sqrt(2.0 / math.pi)
+    return out
+
+
+def _p_for(variant: str, p: Tensor | None, x: Tensor, dim: int) -> Tensor | None:
+    if variant not in LEARNED_P_VARIANTS:
+        return None
+    if p is None:
+        raise ValueError(f"p is required by variant {variant!r} (σ(x) of Eq. 9 uses it)")
+    if not isinstance(p, Tensor):
+        raise ValueError(f"p must be a Tensor, got {type(p).__name__}")
+    return broadcast_p(p, x, dim)
+
+
+def noisy_activation(
+    x: Tensor,
+    p: Tensor | None = None,
+    *,
+    fn: Saturating,
+    variant: str = "NAH",
+    alpha: float | None = None,
+    c: float | Tensor | None = None,
+    training: bool,
+    generator: torch.Generator | None = None,
+    dim: int = 1,
+    noise: Tensor | None = None,
+    recompute_noise: bool = False,
+) -> Tensor:
+    r"""Noisy version of any saturating function ``fn`` = (h, u) (Eqs. 8-15).
+
+    Args:
+        x: the pre-activation, any shape, floating point.
+        p: learned parameter of σ(x) (Eq. 9), one value or one per feature along ``dim``.
+            Required by NAN, NAH and NANIL; ignored by NANI and NANIS.
+        fn: the pair (h, u), e.g. :data:`noisyact.saturating.HARD_TANH`.
+        variant: ``"NAN"``, ``"NAH"``, ``"NANI"``, ``"NANIL"`` or ``"NANIS"``.
+        alpha: α of Eq. 12 (output-noise variants). Default: :func:`default_alpha`.
+        c: noise scale: c of Eq. 9, or the fixed σ of NANI/NANIS. Default: :func:`default_c`.
+        training: draw noise (``True``) or return the test-time value (``False``). Explicit on
+            purpose: a functional call never silently picks one.
+        generator: optional :class:`torch.Generator` for the noise.
+        dim: the feature axis that a per-feature p runs along.
+        noise: use this ξ ~ N(0, 1) (shape of x) instead of drawing one.
+        recompute_noise: fused path only: save only x for backward and redraw ξ from the saved
+            generator state (less memory, one more draw).
+
+    Returns:
+        A tensor of the shape and dtype of x.
+    """
+    variant = check_variant(variant)
+    if alpha is None:
+        alpha = default_alpha(fn)
+    if c is None:
+        c = default_c(variant)
+    check_hyperparameters(alpha=alpha, c=c)
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise ValueError("x must be a floating-point Tensor")
+    if variant == "NANIS" and fn.threshold is None:
+        raise ValueError(f"variant 'NANIS' (Eq. 15) needs a saturation threshold; {fn.name!r} has none")
+    if noise is not None and noise.shape != x.shape:
+        raise ValueError(f"noise has shape {list(noise.shape)}, expected {list(x.shape)}")
+    p_b = _p_for(variant, p, x, dim)
+
+    if (
+        training
+        and variant in OUTPUT_NOISE_VARIANTS
+        and fn.affine is not None
+        and fused.enabled_for(x, c)
+    ):
+        assert p is not None
+        return fused.output_noise(
+            x, p, dim=dim, affine=fn.affine, alpha=alpha, c=c, half_normal=variant == "NAH",
+            generator=generator, noise=noise, recompute_noise=recompute_noise,
+        )
+
+    cdt = compute_dtype(x.dtype)
+    xf = x.to(cdt)
+    if p_b is not None:
+        p_b = p_b.to(cdt)
+    if variant in OUTPUT_NOISE_VARIANTS:
+        assert p_b is not None
+        h_x, u_x = fn.h(xf), fn.u(xf)
+        if not training:
+            return output_noise_expectation(xf, h_x, u_x, p_b, alpha, c, variant == "NAH").to(
+                x.dtype
+            )
+        xi = draw_noise(x, generator) if noise is None else noise
+        eps = xi.to(cdt)
+        if variant == "NAH":
+            eps = eps.abs()
+        sigma = noise_scale(saturation(h_x, u_x), p_b, c)
+        out = alpha * h_x + (1.0 - alpha) * u_x + noise_direction(xf, alpha) * sigma * eps
+        return out.to(x.dtype)
+
+    # Input-noise variants (Eqs. 14, 15): ξ → 0 at test time.
+    if not training:
+        return fn.h(xf).to(x.dtype)
+    xi = (draw_noise(x, generator) if noise is None else noise).to(cdt)
+    if variant == "NANI":
+        shift = c * xi
+    elif variant == "NANIL":
+        assert p_b is not None
+        shift = noise_scale(saturation(fn.h(xf), fn.u(xf)), p_b, c) * xi
+    else:  # NANIS
+        assert fn.threshold is not None
+        saturated = (xf.abs() >= fn.threshold).to(cdt)
+        shift = saturated * (c * xi)
+    return fn.h(xf + shift).to(x.dtype)
+
+
+def noisy_hard_tanh(
+    x: Tensor,
+    p: Tensor | None = None,
+    *,
+    variant: str = "NAH",
+    alpha: float | None = None,
+    c: float | Tensor | None = None,
+    training: bool,
+    generator: torch.Generator | None = None,
+    dim: int = 1,
+    noise: Tensor | None = None,
+) -> Tensor:
+    """Noisy hard-tanh, h(x) = clip(x, −1, 1), u(x) = x. See :func:`noisy_activation`.
+
+    Example::
+
+        >>> x = torch.linspace(-3, 3, 7)
+        >>> noisy_hard_tanh(x, torch.tensor([0.5]), variant="NAN", alpha=1.0, training=False)
+        tensor([-1., -1., -1.,  0.,  1.,  1.,  1.])
+    """
+    return noisy_activation(
+        x, p, fn=HARD_TANH, variant=variant, alpha=alpha, c=c, training=training,
+        generator=generator, dim=dim, noise=noise,
+    )
+
+
+def noisy_hard_sigmoid(
+    x: Tensor,
+    p: Tensor | None = None,
+    *,
+    variant: str = "NAH",
+    alpha: float | None = None,
+    c: float | Tensor | None = None,
+    training: bool,
+    generator: torch.Generator | None = None,
+    dim: int = 1,
+    noise: Tensor | None = None,
+) -> Tensor:
+    """Noisy hard-sigmoid, h(x) = clip(0.25x + 0.5, 0, 1), u(x) = 0.25x + 0.5 (not ``F.hardsigmoid``).
+
+    See :func:`noisy_activation`.
+    """
+    return noisy_activation(
+        x, p, fn=HARD_SIGMOID, variant=variant, alpha=alpha, c=c, training=training,
+        generator=generator, dim=dim, noise=noise,
+    )
+
+
+def noisy_tanh(
+    x: Tensor,
+    p: Tensor | None = None,
+    *,
+    variant: str = "NAH",
+    alpha: float | None = None,
+    c: float | Tensor | None = None,
+    training: bool,
+    generator: torch.Generator | None = None,
+    dim: int = 1,
+    noise: Tensor | None = None,
+) -> Tensor:
+    """Noisy soft tanh, h = tanh, u(x) = x (the construction of §4 applied to a soft gate)."""
+    return noisy_activation(
+        x, p, fn=TANH, variant=variant, alpha=alpha, c=c, training=training,
+        generator=generator, dim=dim, noise=noise,
+    )
+
+
+def noisy_sigmoid(
+    x: Tensor,
+    p: Tensor | None = None,
+    *,
+    variant: str = "NAH",
+    alpha: float | None = None,
+    c: float | Tensor | None = None,
+    training: bool,
+    generator: torch.Generator | None = None,
+    dim: int = 1,
+    noise: Tensor | None = None,
+) -> Tensor:
+    """Noisy soft sigmoid, h = sigmoid, u(x) = 0.25x + 0.5."""
+    return noisy_activation(
+        x, p, fn=SIGMOID, variant=variant, alpha=alpha, c=c, training=training,
+        generator=generator, dim=dim, noise=noise,
+    )
+

@@ -1,0 +1,253 @@
+"""``nn.Module`` forms of the noisy activations: parameters and train/eval state only.
+
+The math lives in :mod:`noisyact.functional`; a module holds the learned p, the noise scale c
+(a buffer, so annealing schedules and checkpoints see it) and switches on ``self.training``.
+"""
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as F
+from ._validation import check_c, check_hyperparameters, check_variant
+from .fused import compute_dtype
+from .saturating import HARD_SIGMOID, HARD_TANH, SIGMOID, TANH, Saturating
+
+__all__ = [
+    "NoisyActivation",
+    "NoisyHardSigmoid",
+    "NoisyHardTanh",
+    "NoisySigmoid",
+    "NoisyTanh",
+]
+
+
+class NoisyActivation(nn.Module):
+    r"""Noisy version of any saturating function h with linearisation u (Gulcehre et al., 2016).
+
+    Training mode draws fresh per-element noise; eval mode returns the test-time value and contains
+    no random op. For the output-noise variants (NAN, NAH):
+
+    .. math::
+        \phi(x, \xi) = \alpha h(x) + (1 - \alpha) u(x) + d(x)\,\sigma(x)\,\epsilon,\qquad
+        \sigma(x) = c\,(\mathrm{sigmoid}(p\,(h(x) - u(x))) - 0.5)^2
+
+    (Eqs. 8, 9, 12), with :math:`\epsilon = \xi` (NAN) or :math:`|\xi|` (NAH) and
+    :math:`d(x) = -\mathrm{sgn}(x)\,\mathrm{sgn}(1 - \alpha)`; eval gives the expectation Eq. 13.
+    The input-noise variants compute :math:`h(x + \sigma\xi)` (NANI: σ = c; NANIL: σ(x) of
+    Eq. 9; NANIS: σ = c only where :math:`|x| \ge x_t`, Eq. 15) and :math:`h(x)` in eval.
+
+    Args:
+        fn: the pair (h, u) as a :class:`~noisyact.saturating.Saturating`.
+        variant: ``"NAN"``, ``"NAH"``, ``"NANI"``, ``"NANIL"`` or ``"NANIS"``. Default ``"NAH"``.
+        alpha: α of Eq. 12. Default: the authors' code defaults (1.15 hard-tanh, 1.1
+            hard-sigmoid), else 1.
+        c: noise scale (c of Eq. 9, or σ of NANI/NANIS). Default 0.5 (0.05 NANI, 0.25 NANIS).
+        num_parameters: number of learned p: 1, or the number of features along ``dim``.
+        dim: feature axis for a per-feature p. Default 1 (as ``nn.PReLU``).
+        inplace: accepted for drop-in use in registries (timm); ignored.
+        generator: optional :class:`torch.Generator` for the noise (eager mode).
+        recompute_noise: save only x for backward and redraw ξ (fused path).
+
+    Shape:
+        - Input: :math:`(*)`, any shape (with ``x.shape[dim] == num_parameters`` if > 1).
+        - Output: :math:`(*)`, same shape as the input.
+
+    Attributes:
+        p: the learned parameter of Eq. 9, shape ``(num_parameters,)``, initialised U(−1, 1)
+            as in the paper; ``None`` for NANI and NANIS. Like ``nn.PReLU``'s weight, do not apply
+            weight decay to it (see :func:`noisyact.param_groups`).
+        c: the noise scale, a 0-dim float64 buffer (saved in the state dict; change it with
+            :meth:`set_c` or an annealing schedule).
+    """
+
+    fn: Saturating
+    __jit_ignored_attributes__: ClassVar[list[str]] = ["fn", "generator"]
+
+    def __init__(
+        self,
+        fn: Saturating | None = None,
+        variant: str = "NAH",
+        alpha: float | None = None,
+        c: float | None = None,
+        num_parameters: int = 1,
+        dim: int = 1,
+        inplace: bool = False,
+        generator: torch.Generator | None = None,
+        recompute_noise: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if fn is not None:
+            self.fn = fn
+        if not isinstance(getattr(self, "fn", None), Saturating):
+            raise ValueError("fn must be a noisyact.saturating.Saturating (h, u) pair")
+        self.variant = check_variant(variant)
+        self.alpha = float(F.default_alpha(self.fn) if alpha is None else alpha)
+        c = F.default_c(self.variant) if c is None else c
+        check_hyperparameters(alpha=self.alpha, c=c)
+        if not isinstance(num_parameters, int) or num_parameters < 1:
+            raise ValueError(f"num_parameters must be a positive int, got {num_parameters!r}")
+        if self.variant == "NANIS" and self.fn.threshold is None:
+            raise ValueError(f"variant 'NANIS' needs a saturation threshold; {self.fn.name!r} has none")
+        self.num_parameters = num_parameters
+        self.dim = int(dim)
+        self.inplace = inplace
+        self.generator = generator
+        self.recompute_noise = recompute_noise
+        self.register_buffer("c", torch.tensor(float(c), dtype=torch.float64, device=device))
+        if self.variant in F.LEARNED_P_VARIANTS:
+            self.p: nn.Parameter | None = nn.Parameter(
+                torch.empty(num_parameters, device=device, dtype=dtype)
+            )
+        else:
+            self.register_parameter("p", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """p ~ U(−1, 1), as in all of the paper's experiments (§6)."""
+        if self.p is not None:
+            with torch.no_grad():
+                self.p.uniform_(-1.0, 1.0)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # c is a hyperparameter: it follows the module across devices but keeps float64, so
+        # that .half() or .to(bfloat16) do not round it (the kernels cast it where used).
+        c = self.c
+        super()._apply(fn, recurse)
+        if self.c.dtype != torch.float64:
+            self.c = c.to(device=self.c.device, dtype=torch.float64)
+        return self
+
+    def set_c(self, value: float) -> None:
+        """Set the noise scale c (validated: finite, >= 0)."""
+        with torch.no_grad():
+            self.c.fill_(check_c(value))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            return self._noisy(x)
+        return self._expectation(x)
+
+    @torch.jit.unused
+    def _noisy(self, x: Tensor) -> Tensor:
+        return F.noisy_activation(
+            x, self.p, fn=self.fn, variant=self.variant, alpha=self.alpha, c=self.c,
+            training=True, generator=self.generator, dim=self.dim,
+            recompute_noise=self.recompute_noise,
+        )
+
+    def _expectation(self, x: Tensor) -> Tensor:
+        return F.noisy_activation(
+            x, self.p, fn=self.fn, variant=self.variant, alpha=self.alpha, c=self.c,
+            training=False, dim=self.dim,
+        )
+
+    def extra_repr(self) -> str:
+        s = f"variant={self.variant}"
+        if self.variant in F.OUTPUT_NOISE_VARIANTS:
+            s += f", alpha={self.alpha:g}"
+        s += f", c={float(self.c):.4g}"
+        if self.p is not None:
+            s += f", num_parameters={self.num_parameters}"
+            if self.num_parameters > 1:
+                s += f", dim={self.dim}"
+        return s
+
+
+class _AffineHard(NoisyActivation):
+    """Hard functions h = a + b·clamp(kx, −1, 1): an eval path that TorchScript can compile."""
+
+    _a: float
+    _b: float
+    _k: float
+
+    def __init__(self, variant: str = "NAH", alpha: float | None = None, c: float | None = None,
+                 num_parameters: int = 1, dim: int = 1, inplace: bool = False,
+                 generator: torch.Generator | None = None, recompute_noise: bool = False,
+                 device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__(None, variant, alpha, c, num_parameters, dim, inplace, generator,
+                         recompute_noise, device, dtype)
+        assert self.fn.affine is not None
+        self._a, self._b, self._k = self.fn.affine
+
+    def _expectation(self, x: Tensor) -> Tensor:
+        cdt = compute_dtype(x.dtype)
+        xf = x.to(cdt)
+        kx = self._k * xf
+        h_x = self._a + self._b * torch.clamp(kx, -1.0, 1.0)
+        if self.variant in ("NANI", "NANIL", "NANIS"):
+            return h_x.to(x.dtype)
+        p = self.p
+        if p is None:
+            raise RuntimeError("p is missing")
+        u_x = self._a + self._b * kx
+        p_b = F.broadcast_p(p, x, self.dim).to(cdt)
+        out = F.output_noise_expectation(xf, h_x, u_x, p_b, self.alpha, self.c.to(cdt),
+                                         self.variant == "NAH")
+        return out.to(x.dtype)
+
+
+class NoisyHardTanh(_AffineHard):
+    r"""Noisy hard-tanh: h(x) = clip(x, −1, 1) (Eq. 4), u(x) = x (Eq. 2), threshold |x_t| = 1.
+
+    .. math::
+        \phi(x, \xi) = \alpha\,\mathrm{clip}(x, -1, 1) + (1 - \alpha)\,x
+            + d(x)\,c\,(\mathrm{sigmoid}(p\,(\mathrm{clip}(x, -1, 1) - x)) - 0.5)^2\,\epsilon
+
+    for NAN/NAH; see :class:`NoisyActivation` for every variant, the arguments and shapes.
+
+    Examples::
+
+        >>> m = NoisyHardTanh(variant="NAH", alpha=1.15, c=0.5)
+        >>> y = m(torch.randn(8, 16))          # training: noisy where |x| > 1
+        >>> y_test = m.eval()(torch.randn(8, 16))  # deterministic expectation
+    """
+
+    fn = HARD_TANH
+
+
+class NoisyHardSigmoid(_AffineHard):
+    r"""Noisy hard-sigmoid: h(x) = clip(0.25x + 0.5, 0, 1) (Eq. 3), u(x) = 0.25x + 0.5 (Eq. 1).
+
+    Saturates at |x| >= 2. This is the paper's hard-sigmoid, **not**
+    :func:`torch.nn.functional.hardsigmoid` (x/6 + 1/2, saturating at |x| >= 3).
+    See :class:`NoisyActivation` for every variant, the arguments and shapes.
+
+    Examples::
+
+        >>> gate = NoisyHardSigmoid(variant="NAH", num_parameters=32, dim=-1)
+        >>> g = gate(torch.randn(4, 32))
+    """
+
+    fn = HARD_SIGMOID
+
+
+class NoisyTanh(NoisyActivation):
+    """Noisy soft tanh: h = tanh, u(x) = x. Noise grows smoothly with |tanh(x) − x|."""
+
+    fn = TANH
+
+    def __init__(self, variant: str = "NAH", **kwargs: object) -> None:
+        super().__init__(None, variant, **kwargs)  # type: ignore[arg-type]
+
+
+class NoisySigmoid(NoisyActivation):
+    """Noisy soft sigmoid: h = sigmoid, u(x) = 0.25x + 0.5."""
+
+    fn = SIGMOID
+
+    def __init__(self, variant: str = "NAH", **kwargs: object) -> None:
+        super().__init__(None, variant, **kwargs)  # type: ignore[arg-type]
+
+
+def make_saturating(
+    name: str, h: Callable[[Tensor], Tensor], u: Callable[[Tensor], Tensor],
+    threshold: float | None = None,
+) -> Saturating:
+    """Build the (h, u) pair for a user's saturating function, for :class:`NoisyActivation`."""
+    return Saturating(name, h, u, threshold=threshold)
