@@ -13,6 +13,7 @@ from .anneal import Constant, Cosine, Exponential, InverseSqrt, Linear, NoiseAnn
 from .convert import NoisifyReport, noise_parameters, noisify, param_groups, register_converter
 from .fused import fused_mode, set_fused_mode
 from .modules import (
+    HardSigmoid,
     NoisyActivation,
     NoisyHardSigmoid,
     NoisyHardTanh,
@@ -21,6 +22,7 @@ from .modules import (
     make_saturating,
 )
 from .registry import create_act_layer, get_act_layer, list_act_layers
+from .rnn import NoisyGRU, NoisyGRUCell, NoisyLSTM, NoisyLSTMCell
 from .saturating import Saturating
 
 __version__ = "0.1.0"
@@ -29,13 +31,18 @@ __all__ = [
     "Constant",
     "Cosine",
     "Exponential",
+    "HardSigmoid",
     "InverseSqrt",
     "Linear",
     "NoiseAnnealer",
     "NoisifyReport",
     "NoisyActivation",
+    "NoisyGRU",
+    "NoisyGRUCell",
     "NoisyHardSigmoid",
     "NoisyHardTanh",
+    "NoisyLSTM",
+    "NoisyLSTMCell",
     "NoisySigmoid",
     "NoisyTanh",
     "Saturating",

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from . import rnn
 from .modules import NoisyActivation, NoisyHardSigmoid, NoisyHardTanh, NoisySigmoid, NoisyTanh
 
 __all__ = ["NoisifyReport", "noise_parameters", "noisify", "param_groups", "register_converter"]
@@ -34,10 +35,30 @@ class _Skip(Exception):
     """A converter declines a module (the reason goes into the report)."""
 
 
+_RNN_KEYS = ("gate_variant", "unit_variant", "gate_alpha", "unit_alpha", "gate_c", "unit_c",
+             "generator")
+
+
+def _recurrent(m: nn.Module, variant: str, kw: dict[str, Any]) -> nn.Module:
+    """nn.LSTM/GRU(Cell) -> noisy counterpart with the same weights; α, c go to every unit."""
+    rkw: dict[str, Any] = {k: v for k, v in kw.items() if k in _RNN_KEYS}
+    for key in ("alpha", "c"):
+        if key in kw:
+            rkw.setdefault(f"gate_{key}", kw[key])
+            rkw.setdefault(f"unit_{key}", kw[key])
+    if getattr(m, "proj_size", 0):
+        raise _Skip("LSTM with proj_size is not supported")
+    return rnn.from_torch(m, variant=variant, **rkw)  # type: ignore[arg-type]
+
+
 _CONVERTERS: dict[type[nn.Module], Converter] = {
     nn.Tanh: _tanh,
     nn.Sigmoid: _sigmoid,
     nn.Hardtanh: _hardtanh,
+    nn.LSTM: _recurrent,
+    nn.GRU: _recurrent,
+    nn.LSTMCell: _recurrent,
+    nn.GRUCell: _recurrent,
 }
 _SOFT: dict[type[nn.Module], type[NoisyActivation]] = {nn.Tanh: NoisyTanh, nn.Sigmoid: NoisySigmoid}
 
@@ -92,7 +113,8 @@ def noisify(model: nn.Module, variant: str = "NAH", *, soft: bool = False,
     report = NoisifyReport(model)
 
     def convert(m: nn.Module, name: str) -> nn.Module | None:
-        if isinstance(m, NoisyActivation):
+        if isinstance(m, NoisyActivation | rnn.NoisyLSTM | rnn.NoisyGRU | rnn.NoisyLSTMCell
+                      | rnn.NoisyGRUCell):
             return None
         if soft and type(m) in _SOFT:
             return _SOFT[type(m)](variant, **kwargs)

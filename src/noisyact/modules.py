@@ -16,6 +16,7 @@ from .fused import compute_dtype
 from .saturating import HARD_SIGMOID, HARD_TANH, SIGMOID, TANH, Saturating
 
 __all__ = [
+    "HardSigmoid",
     "NoisyActivation",
     "NoisyHardSigmoid",
     "NoisyHardTanh",
@@ -251,3 +252,17 @@ def make_saturating(
 ) -> Saturating:
     """Build the (h, u) pair for a user's saturating function, for :class:`NoisyActivation`."""
     return Saturating(name, h, u, threshold=threshold)
+
+
+class HardSigmoid(nn.Module):
+    """The paper's hard-sigmoid clip(0.25x + 0.5, 0, 1) (Eq. 3), without noise.
+
+    Not ``nn.Hardsigmoid`` (x/6 + 1/2). Used for the "hard, no noise" rows (Table 4).
+    """
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.clamp(0.25 * x + 0.5, 0.0, 1.0)

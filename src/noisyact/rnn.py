@@ -1,0 +1,818 @@
+r"""Noisy LSTM and GRU layers, drop-in for ``nn.LSTM`` / ``nn.GRU`` (paper §6.2-6.6).
+
+Every sigmoid of the gates becomes a noisy hard-sigmoid and every tanh (candidate and cell
+output) a noisy hard-tanh, each with its own learned p per unit (Eq. 9). Weights have the names,
+shapes and gate order of ``torch.nn.LSTM``/``GRU``, so their state dicts load both ways.
+
+LSTM (gate order i, f, g, o as in ``nn.LSTM``)::
+
+    i, f, o = gate(W_i x + b_i + U_i h),  ...         noisy hard-sigmoid, p of shape (3H,)
+    g       = cand(W_g x + b_g + U_g h)               noisy hard-tanh, p of shape (H,)
+    c'      = f * c + i * g
+    h'      = o * cell(c')                            noisy hard-tanh, p of shape (H,)
+
+GRU (gate order r, z, n as in ``nn.GRU``)::
+
+    r, z = gate(W_{r,z} x + b_i + U_{r,z} h + b_h)    noisy hard-sigmoid, p of shape (2H,)
+    n    = cand(W_n x + b_in + r * (U_n h + b_hn))    noisy hard-tanh, p of shape (H,)
+    h'   = (1 - z) * n + z * h
+
+Speed. cuDNN and oneDNN fuse only the soft activations, so a noisy layer runs its own recurrence:
+the input projections of all time steps are one matrix product, and each step is one ``addmm``
+plus one fused element-wise kernel (all units, their noise and the state update) compiled by
+``torch.compile``; the backward pass is written by hand in the same way, with the recurrent
+weight gradient as one matrix product at the end. This fast path covers the hard units with output
+noise (NAN, NAH) and without noise (``"hard"``); other settings (input-noise variants, ``"soft"``)
+run a plain per-step loop through the activation modules.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from . import fused
+from .functional import HALF_NORMAL_MEAN, VARIANTS
+from .fused import compute_dtype, constants, run_kernel, unit_backward, unit_forward
+from .modules import HardSigmoid, NoisyHardSigmoid, NoisyHardTanh
+from .saturating import HARD_SIGMOID, HARD_TANH
+
+__all__ = ["KINDS", "NoisyGRU", "NoisyGRUCell", "NoisyLSTM", "NoisyLSTMCell"]
+
+#: Unit kinds: the paper's variants, "hard" (hard functions, no noise: Table 4's middle row) and
+#: "soft" (exact sigmoid/tanh: the reference model).
+KINDS = (*VARIANTS, "hard", "soft")
+
+
+def _check_kind(name: str, kind: str) -> str:
+    k = kind.upper() if kind.upper() in VARIANTS else kind.lower()
+    if k not in KINDS:
+        raise ValueError(f"{name} must be one of {', '.join(KINDS)}; got {kind!r}")
+    return k
+
+
+def _activation(kind: str, gate: bool, n: int, alpha: float | None, c: float | None,
+                generator: torch.Generator | None, factory: dict[str, Any]) -> nn.Module:
+    if kind == "soft":
+        return nn.Sigmoid() if gate else nn.Tanh()
+    if kind == "hard":
+        return HardSigmoid() if gate else nn.Hardtanh()
+    cls = NoisyHardSigmoid if gate else NoisyHardTanh
+    return cls(kind, alpha=alpha, c=c, num_parameters=n, dim=-1, generator=generator, **factory)
+
+
+class _UnitConfig:
+    """Gate and unit settings shared by layers and cells."""
+
+    def __init__(self, variant: str, gate_variant: str | None, unit_variant: str | None,
+                 gate_alpha: float | None, unit_alpha: float | None, gate_c: float | None,
+                 unit_c: float | None) -> None:
+        self.gate = _check_kind("gate_variant", gate_variant or variant)
+        self.unit = _check_kind("unit_variant", unit_variant or variant)
+        self.gate_alpha, self.unit_alpha = gate_alpha, unit_alpha
+        self.gate_c, self.unit_c = gate_c, unit_c
+
+    def make(self, gate: bool, n: int, generator: torch.Generator | None,
+             factory: dict[str, Any]) -> nn.Module:
+        if gate:
+            return _activation(self.gate, True, n, self.gate_alpha, self.gate_c, generator, factory)
+        return _activation(self.unit, False, n, self.unit_alpha, self.unit_c, generator, factory)
+
+
+class LSTMActivations(nn.Module):
+    """The noisy units of one LSTM layer and direction: gates (i, f, o), candidate g, cell output."""
+
+    def __init__(self, hidden_size: int, cfg: _UnitConfig, generator: torch.Generator | None,
+                 factory: dict[str, Any]) -> None:
+        super().__init__()
+        self.gate = cfg.make(True, 3 * hidden_size, generator, factory)
+        self.cand = cfg.make(False, hidden_size, generator, factory)
+        self.cell = cfg.make(False, hidden_size, generator, factory)
+
+
+class GRUActivations(nn.Module):
+    """The noisy units of one GRU layer and direction: gates (r, z) and candidate n."""
+
+    def __init__(self, hidden_size: int, cfg: _UnitConfig, generator: torch.Generator | None,
+                 factory: dict[str, Any]) -> None:
+        super().__init__()
+        self.gate = cfg.make(True, 2 * hidden_size, generator, factory)
+        self.cand = cfg.make(False, hidden_size, generator, factory)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference steps: plain autograd through the activation modules (any kind).
+
+
+def lstm_step(acts: LSTMActivations, pre: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+    """One LSTM step from the pre-activations ``pre = W x + b + U h`` (gate order i, f, g, o)."""
+    i, f, g, o = pre.chunk(4, -1)
+    i, f, o = acts.gate(torch.cat([i, f, o], -1)).chunk(3, -1)
+    c = f * c_prev + i * acts.cand(g)
+    return o * acts.cell(c), c
+
+
+def gru_step(acts: GRUActivations, gi: Tensor, gh: Tensor, h_prev: Tensor) -> Tensor:
+    """One GRU step from ``gi = W x + b_i`` and ``gh = U h + b_h`` (gate order r, z, n)."""
+    ir, iz, in_ = gi.chunk(3, -1)
+    hr, hz, hn = gh.chunk(3, -1)
+    r, z = acts.gate(torch.cat([ir + hr, iz + hz], -1)).chunk(2, -1)
+    n = acts.cand(in_ + r * hn)
+    return (1.0 - z) * n + z * h_prev
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused kernels: one pass per time step over all units of a layer (pure tensor functions).
+
+
+def _lstm_fwd(pre: Tensor, c_prev: Tensor, xi: Tensor, pg: Tensor, pc: Tensor, po: Tensor,
+              cg: Tensor, cc: Tensor, co: Tensor, hg: Tensor, hc: Tensor,
+              ho: Tensor) -> tuple[Tensor, Tensor]:
+    H = c_prev.shape[-1]
+    i = unit_forward(pre[:, :H], pg[:H], xi[:, :H], cg, hg)
+    f = unit_forward(pre[:, H:2 * H], pg[H:2 * H], xi[:, H:2 * H], cg, hg)
+    g = unit_forward(pre[:, 2 * H:3 * H], pc, xi[:, 3 * H:4 * H], cc, hc)
+    o = unit_forward(pre[:, 3 * H:], pg[2 * H:], xi[:, 2 * H:3 * H], cg, hg)
+    c = f * c_prev.to(f.dtype) + i * g
+    h = o * unit_forward(c, po, xi[:, 4 * H:], co, ho)
+    return h.to(pre.dtype), c.to(pre.dtype)
+
+
+def _lstm_bwd(dh: Tensor, dc: Tensor, pre: Tensor, c_prev: Tensor, xi: Tensor, pg: Tensor,
+              pc: Tensor, po: Tensor, cg: Tensor, cc: Tensor, co: Tensor, hg: Tensor, hc: Tensor,
+              ho: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    H = c_prev.shape[-1]
+    i, di_x, di_p = unit_backward(pre[:, :H], pg[:H], xi[:, :H], cg, hg)
+    f, df_x, df_p = unit_backward(pre[:, H:2 * H], pg[H:2 * H], xi[:, H:2 * H], cg, hg)
+    g, dg_x, dg_p = unit_backward(pre[:, 2 * H:3 * H], pc, xi[:, 3 * H:4 * H], cc, hc)
+    o, do_x, do_p = unit_backward(pre[:, 3 * H:], pg[2 * H:], xi[:, 2 * H:3 * H], cg, hg)
+    cp = c_prev.to(i.dtype)
+    c = f * cp + i * g
+    tc, dt_x, dt_p = unit_backward(c, po, xi[:, 4 * H:], co, ho)
+    dhf = dh.to(i.dtype)
+    d_o = dhf * tc
+    d_t = dhf * o
+    d_c = dc.to(i.dtype) + d_t * dt_x
+    d_i, d_f, d_g = d_c * g, d_c * cp, d_c * i
+    dpre = torch.cat([d_i * di_x, d_f * df_x, d_g * dg_x, d_o * do_x], dim=1)
+    dpg = torch.cat([(d_i * di_p).sum(0), (d_f * df_p).sum(0), (d_o * do_p).sum(0)])
+    return (dpre.to(pre.dtype), (d_c * f).to(pre.dtype), dpg, (d_g * dg_p).sum(0),
+            (d_t * dt_p).sum(0))
+
+
+def _gru_fwd(gi: Tensor, gh: Tensor, h_prev: Tensor, xi: Tensor, pg: Tensor, pc: Tensor,
+             cg: Tensor, cc: Tensor, hg: Tensor, hc: Tensor) -> Tensor:
+    H = h_prev.shape[-1]
+    r = unit_forward(gi[:, :H] + gh[:, :H], pg[:H], xi[:, :H], cg, hg)
+    z = unit_forward(gi[:, H:2 * H] + gh[:, H:2 * H], pg[H:], xi[:, H:2 * H], cg, hg)
+    n = unit_forward(gi[:, 2 * H:] + r * gh[:, 2 * H:], pc, xi[:, 2 * H:], cc, hc)
+    return ((1.0 - z) * n + z * h_prev.to(z.dtype)).to(gi.dtype)
+
+
+def _gru_bwd(dh: Tensor, gi: Tensor, gh: Tensor, h_prev: Tensor, xi: Tensor, pg: Tensor,
+             pc: Tensor, cg: Tensor, cc: Tensor, hg: Tensor,
+             hc: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    H = h_prev.shape[-1]
+    r, dr_x, dr_p = unit_backward(gi[:, :H] + gh[:, :H], pg[:H], xi[:, :H], cg, hg)
+    z, dz_x, dz_p = unit_backward(gi[:, H:2 * H] + gh[:, H:2 * H], pg[H:], xi[:, H:2 * H], cg, hg)
+    hn = gh[:, 2 * H:].to(r.dtype)
+    n, dn_x, dn_p = unit_backward(gi[:, 2 * H:] + r * hn, pc, xi[:, 2 * H:], cc, hc)
+    dhf = dh.to(r.dtype)
+    d_n = dhf * (1.0 - z)
+    d_z = dhf * (h_prev.to(r.dtype) - n)
+    da_n = d_n * dn_x
+    d_r = da_n * hn
+    da_r, da_z = d_r * dr_x, d_z * dz_x
+    dgi = torch.cat([da_r, da_z, da_n], dim=1)
+    dgh = torch.cat([da_r, da_z, da_n * r], dim=1)
+    dpg = torch.cat([(d_r * dr_p).sum(0), (d_z * dz_p).sum(0)])
+    return (dgi.to(gi.dtype), dgh.to(gi.dtype), (dhf * z).to(gi.dtype), dpg,
+            (d_n * dn_p).sum(0))
+
+
+def _unit_spec(m: nn.Module, n: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor, float] | None:
+    """(p, c, hp, E[ε]) of a unit the fused kernels handle, else None."""
+    cdt = compute_dtype(like.dtype)
+    dev = like.device
+    if isinstance(m, NoisyHardSigmoid | NoisyHardTanh) and m.variant in ("NAN", "NAH"):
+        assert m.p is not None and m.fn.affine is not None
+        half = m.variant == "NAH"
+        return (m.p, m.c.to(cdt), constants(m.alpha, *m.fn.affine, half, cdt, dev),
+                HALF_NORMAL_MEAN if half else 0.0)
+    if isinstance(m, HardSigmoid) or (
+        type(m) is nn.Hardtanh and (m.min_val, m.max_val) == (-1.0, 1.0)
+    ):
+        affine = HARD_SIGMOID.affine if isinstance(m, HardSigmoid) else HARD_TANH.affine
+        assert affine is not None
+        zero = torch.zeros((), dtype=cdt, device=dev)
+        return (torch.zeros(n, dtype=cdt, device=dev), zero,
+                constants(1.0, *affine, False, cdt, dev), 0.0)
+    return None
+
+
+def _step_mask(mask: Tensor | None, t: int) -> Tensor | None:
+    return None if mask is None else mask[t]
+
+
+class _LSTMLayer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xp, h0, c0, w_hh, pg, pc, po, consts, noise, mask):  # type: ignore[override]
+        T, B = xp.shape[0], xp.shape[1]
+        H = h0.shape[-1]
+        w_t = w_hh.to(xp.dtype).t()
+        hs = xp.new_empty(T, B, H)
+        pres = xp.new_empty(T, B, 4 * H)
+        h_prev = xp.new_empty(T, B, H)
+        c_prev = xp.new_empty(T, B, H)
+        h, c = h0.to(xp.dtype), c0.to(xp.dtype)
+        for t in range(T):
+            h_prev[t] = h
+            c_prev[t] = c
+            torch.addmm(xp[t], h, w_t, out=pres[t])
+            h_new, c_new = run_kernel(_lstm_fwd, pres[t], c, noise[t], pg, pc, po, *consts)
+            m = _step_mask(mask, t)
+            if m is None:
+                h, c = h_new, c_new
+                hs[t] = h
+            else:
+                h, c = torch.where(m, h_new, h), torch.where(m, c_new, c)
+                hs[t] = h_new * m
+        ctx.save_for_backward(pres, h_prev, c_prev, w_hh, pg, pc, po, *consts, noise, mask)
+        return hs, h, c
+
+    @staticmethod
+    def backward(ctx, d_hs, d_h, d_c):  # type: ignore[override]
+        pres, h_prev, c_prev, w_hh, pg, pc, po, *consts, noise, mask = ctx.saved_tensors
+        T = pres.shape[0]
+        w = w_hh.to(pres.dtype)
+        d_pres = torch.empty_like(pres)
+        dpg = torch.zeros_like(pg, dtype=consts[0].dtype)
+        dpc = torch.zeros_like(pc, dtype=consts[0].dtype)
+        dpo = torch.zeros_like(po, dtype=consts[0].dtype)
+        dh, dc = d_h, d_c
+        for t in range(T - 1, -1, -1):
+            m = _step_mask(mask, t)
+            if m is None:
+                dh_in, dc_in = dh + d_hs[t], dc
+            else:
+                dh_in = torch.where(m, dh + d_hs[t], 0.0)
+                dc_in = torch.where(m, dc, 0.0)
+            dpre, dcp, gpg, gpc, gpo = run_kernel(_lstm_bwd, dh_in, dc_in, pres[t], c_prev[t],
+                                                  noise[t], pg, pc, po, *consts)
+            d_pres[t] = dpre
+            dpg += gpg
+            dpc += gpc
+            dpo += gpo
+            if m is None:
+                dh, dc = dpre @ w, dcp
+            else:
+                dh = dpre @ w + torch.where(m, 0.0, dh)
+                dc = dcp + torch.where(m, 0.0, dc)
+        H4 = pres.shape[-1]
+        d_w = d_pres.reshape(-1, H4).t() @ h_prev.reshape(-1, h_prev.shape[-1])
+        return (d_pres, dh, dc, d_w.to(w_hh.dtype), dpg.to(pg.dtype), dpc.to(pc.dtype),
+                dpo.to(po.dtype), None, None, None)
+
+
+class _GRULayer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gi, h0, w_hh, b_hh, pg, pc, consts, noise, mask):  # type: ignore[override]
+        T, B = gi.shape[0], gi.shape[1]
+        H = h0.shape[-1]
+        w_t = w_hh.to(gi.dtype).t()
+        b = b_hh.to(gi.dtype)
+        hs = gi.new_empty(T, B, H)
+        ghs = gi.new_empty(T, B, 3 * H)
+        h_prev = gi.new_empty(T, B, H)
+        h = h0.to(gi.dtype)
+        for t in range(T):
+            h_prev[t] = h
+            torch.addmm(b, h, w_t, out=ghs[t])
+            h_new = run_kernel(_gru_fwd, gi[t], ghs[t], h, noise[t], pg, pc, *consts)
+            m = _step_mask(mask, t)
+            if m is None:
+                h = h_new
+                hs[t] = h
+            else:
+                h = torch.where(m, h_new, h)
+                hs[t] = h_new * m
+        ctx.save_for_backward(gi, ghs, h_prev, w_hh, b_hh, pg, pc, *consts, noise, mask)
+        return hs, h
+
+    @staticmethod
+    def backward(ctx, d_hs, d_h):  # type: ignore[override]
+        gi, ghs, h_prev, w_hh, b_hh, pg, pc, *consts, noise, mask = ctx.saved_tensors
+        T = gi.shape[0]
+        w = w_hh.to(gi.dtype)
+        d_gi = torch.empty_like(gi)
+        d_gh = torch.empty_like(ghs)
+        dpg = torch.zeros_like(pg, dtype=consts[0].dtype)
+        dpc = torch.zeros_like(pc, dtype=consts[0].dtype)
+        dh = d_h
+        for t in range(T - 1, -1, -1):
+            m = _step_mask(mask, t)
+            dh_in = dh + d_hs[t] if m is None else torch.where(m, dh + d_hs[t], 0.0)
+            dgi, dgh, dh_direct, gpg, gpc = run_kernel(_gru_bwd, dh_in, gi[t], ghs[t], h_prev[t],
+                                                       noise[t], pg, pc, *consts)
+            d_gi[t] = dgi
+            d_gh[t] = dgh
+            dpg += gpg
+            dpc += gpc
+            carry = None if m is None else torch.where(m, 0.0, dh)
+            dh = dh_direct + dgh @ w
+            if carry is not None:
+                dh = dh + carry
+        H3 = gi.shape[-1]
+        d_w = d_gh.reshape(-1, H3).t() @ h_prev.reshape(-1, h_prev.shape[-1])
+        d_b = d_gh.reshape(-1, H3).sum(0)
+        return (d_gi, dh, d_w.to(w_hh.dtype), d_b.to(b_hh.dtype), dpg.to(pg.dtype),
+                dpc.to(pc.dtype), None, None, None)
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+
+
+def _reverse_time(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse each sequence of a (T, B, *) tensor within its own length."""
+    if lengths is None:
+        return x.flip(0)
+    T = x.shape[0]
+    t = torch.arange(T, device=x.device).unsqueeze(1)
+    n = lengths.to(x.device).unsqueeze(0)
+    idx = torch.where(t < n, n - 1 - t, t)
+    return x.gather(0, idx.unsqueeze(-1).expand_as(x))
+
+
+class _NoisyRNNBase(nn.Module):
+    _gates: int  # 4 (LSTM) or 3 (GRU)
+    _mode: str
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        variant: str = "NAH",
+        gate_variant: str | None = None,
+        unit_variant: str | None = None,
+        gate_alpha: float | None = None,
+        unit_alpha: float | None = None,
+        gate_c: float | None = None,
+        unit_c: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        for name, v in (("input_size", input_size), ("hidden_size", hidden_size),
+                        ("num_layers", num_layers)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not (isinstance(dropout, int | float) and 0 <= dropout <= 1):
+            raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
+        if proj_size:
+            raise ValueError("proj_size is not supported by noisy recurrent layers")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
+        self.dropout = float(dropout)
+        self.proj_size = 0
+        self.generator = generator
+        self.config = _UnitConfig(variant, gate_variant, unit_variant, gate_alpha, unit_alpha,
+                                  gate_c, unit_c)
+        factory = {"device": device, "dtype": dtype}
+        G = self._gates * hidden_size
+        acts_cls = LSTMActivations if self._gates == 4 else GRUActivations
+        for layer in range(num_layers):
+            for sfx in self._suffixes():
+                in_size = input_size if layer == 0 else hidden_size * self.num_directions
+                self.register_parameter(f"weight_ih_l{layer}{sfx}",
+                                        nn.Parameter(torch.empty(G, in_size, **factory)))
+                self.register_parameter(f"weight_hh_l{layer}{sfx}",
+                                        nn.Parameter(torch.empty(G, hidden_size, **factory)))
+                if bias:
+                    self.register_parameter(f"bias_ih_l{layer}{sfx}",
+                                            nn.Parameter(torch.empty(G, **factory)))
+                    self.register_parameter(f"bias_hh_l{layer}{sfx}",
+                                            nn.Parameter(torch.empty(G, **factory)))
+                self.add_module(f"noise_l{layer}{sfx}",
+                                acts_cls(hidden_size, self.config, generator, factory))
+        self.reset_parameters()
+        self.register_load_state_dict_post_hook(_allow_missing_noise_keys)
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _suffixes(self) -> list[str]:
+        return ["", "_reverse"] if self.bidirectional else [""]
+
+    def reset_parameters(self) -> None:
+        """Weights and biases U(−1/√H, 1/√H) as in ``nn.LSTM``; p of each unit U(−1, 1)."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for w in self.parameters(recurse=False):
+                w.uniform_(-bound, bound)
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    def flatten_parameters(self) -> None:
+        """No-op, for drop-in compatibility with ``nn.LSTM``/``nn.GRU``."""
+
+    def torch_state_dict(self) -> dict[str, Tensor]:
+        """The state dict without the noise parameters: loads into ``nn.LSTM``/``nn.GRU``."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("noise_l")}
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        return s + f", gate={self.config.gate}, unit={self.config.unit}"
+
+    def _layer_weights(self, layer: int, sfx: str) -> tuple[Tensor, Tensor, Tensor | None,
+                                                            Tensor | None]:
+        g = self.__getattr__
+        b_ih = g(f"bias_ih_l{layer}{sfx}") if self.bias else None
+        b_hh = g(f"bias_hh_l{layer}{sfx}") if self.bias else None
+        return g(f"weight_ih_l{layer}{sfx}"), g(f"weight_hh_l{layer}{sfx}"), b_ih, b_hh
+
+    def _noise(self, acts: nn.Module, specs: list[tuple[Tensor, Tensor, Tensor, float]],
+               sizes: list[int], T: int, B: int, like: Tensor) -> Tensor:
+        """ξ for every step and unit (training) or E[ε] expanded without a random op (eval)."""
+        total = sum(sizes)
+        if self.training:
+            return torch.randn(T, B, total, dtype=like.dtype, device=like.device,
+                               generator=self.generator)
+        means = torch.cat([torch.full((n,), spec[3], dtype=like.dtype, device=like.device)
+                           for n, spec in zip(sizes, specs, strict=True)])
+        return means.expand(T, B, total)
+
+    def _fused_specs(self, acts: nn.Module, like: Tensor) -> list[Any] | None:
+        if fused.fused_mode() == "off" or torch.compiler.is_compiling():
+            return None
+        H = self.hidden_size
+        units = [(acts.gate, (self._gates - 1) * H)] + [(m, H) for m in self._tanh_units(acts)]
+        specs = [_unit_spec(m, n, like) for m, n in units]
+        return None if any(s is None for s in specs) else specs
+
+    def _tanh_units(self, acts: nn.Module) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def _parse_input(self, input: Tensor | PackedSequence):
+        """(x as (T, B, F), lengths or None, batched, packed input or None)."""
+        if isinstance(input, PackedSequence):
+            x, lengths = pad_packed_sequence(input, batch_first=False)
+            return x, lengths, True, input
+        if not isinstance(input, Tensor) or input.dim() not in (2, 3):
+            shape = list(input.shape) if isinstance(input, Tensor) else type(input).__name__
+            raise ValueError(f"input must be a 2-D (unbatched) or 3-D tensor, got {shape}")
+        batched = input.dim() == 3
+        x = input if batched else input.unsqueeze(1)
+        if batched and self.batch_first:
+            x = x.transpose(0, 1)
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input has {x.shape[-1]} features, expected input_size="
+                             f"{self.input_size}")
+        return x, None, batched, None
+
+    def _parse_state(self, hx: Tensor | None, B: int, batched: bool, like: Tensor,
+                     name: str) -> Tensor:
+        shape = (self.num_layers * self.num_directions, B, self.hidden_size)
+        if hx is None:
+            return torch.zeros(shape, dtype=like.dtype, device=like.device)
+        if not batched:
+            if hx.dim() != 2:
+                raise ValueError(f"{name} must be 2-D for unbatched input, got {list(hx.shape)}")
+            hx = hx.unsqueeze(1)
+        if tuple(hx.shape) != shape:
+            raise ValueError(f"{name} has shape {list(hx.shape)}, expected {list(shape)}")
+        return hx
+
+    def _format_output(self, out: Tensor, packed: PackedSequence | None,
+                       batched: bool) -> Tensor | PackedSequence:
+        if packed is not None:
+            idx = packed.sorted_indices
+            srt = out if idx is None else out.index_select(1, idx)
+            bs = packed.batch_sizes.tolist()
+            data = torch.cat([srt[t, :n] for t, n in enumerate(bs)])
+            return PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
+                                  packed.unsorted_indices)
+        if not batched:
+            return out.squeeze(1)
+        return out.transpose(0, 1) if self.batch_first else out
+
+    def _run(self, input: Tensor | PackedSequence, states: list[Tensor | None]):
+        x, lengths, batched, packed = self._parse_input(input)
+        T, B = x.shape[0], x.shape[1]
+        names = ["h_0", "c_0"]
+        st = [self._parse_state(s, B, batched, x, names[i]) for i, s in enumerate(states)]
+        mask = None
+        if lengths is not None:
+            mask = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1).to(x.device)
+        finals: list[list[Tensor]] = [[] for _ in st]
+        for layer in range(self.num_layers):
+            outs = []
+            for d, sfx in enumerate(self._suffixes()):
+                k = layer * self.num_directions + d
+                xin = x if d == 0 else _reverse_time(x, lengths)
+                out, *last = self._layer(xin, [s[k] for s in st], layer, sfx, mask)
+                outs.append(out if d == 0 else _reverse_time(out, lengths))
+                for f, v in zip(finals, last, strict=True):
+                    f.append(v)
+            x = outs[0] if len(outs) == 1 else torch.cat(outs, -1)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = nn.functional.dropout(x, self.dropout, True)
+        out = self._format_output(x, packed, batched)
+        fin = [torch.stack(f) for f in finals]
+        if not batched:
+            fin = [f.squeeze(1) for f in fin]
+        return out, fin
+
+
+def _allow_missing_noise_keys(module: nn.Module, incompatible: Any) -> None:
+    """An ``nn.LSTM``/``nn.GRU`` state dict loads strictly: only the noise parameters may miss."""
+    missing = incompatible.missing_keys
+    missing[:] = [k for k in missing if not any(part.startswith("noise_l")
+                                                for part in k.split("."))]
+
+
+class NoisyLSTM(_NoisyRNNBase):
+    r"""Multi-layer LSTM with noisy hard gates and units, drop-in for :class:`torch.nn.LSTM`.
+
+    .. math::
+        \begin{array}{ll}
+        i_t, f_t, o_t = \phi_s(W x_t + b + U h_{t-1}) & \text{noisy hard-sigmoid} \\
+        g_t = \phi_t(W_g x_t + b_g + U_g h_{t-1})       & \text{noisy hard-tanh} \\
+        c_t = f_t \odot c_{t-1} + i_t \odot g_t,\quad h_t = o_t \odot \phi_t(c_t)
+        \end{array}
+
+    Args:
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            device, dtype: as in :class:`torch.nn.LSTM` (``proj_size`` is not supported).
+        variant: kind of every unit: ``"NAN"``, ``"NAH"``, ``"NANI"``, ``"NANIL"``, ``"NANIS"``,
+            ``"hard"`` (hard functions without noise) or ``"soft"`` (sigmoid/tanh: exactly
+            ``nn.LSTM``). Default ``"NAH"``.
+        gate_variant, unit_variant: override ``variant`` for the gates / for the tanh units.
+        gate_alpha, unit_alpha, gate_c, unit_c: α and c of the gates and of the tanh units
+            (defaults as in :class:`~noisyact.NoisyHardSigmoid` / :class:`~noisyact.NoisyHardTanh`).
+        generator: optional :class:`torch.Generator` for the noise.
+
+    Inputs: ``input, (h_0, c_0)`` exactly as ``nn.LSTM`` (batched, unbatched or
+    :class:`~torch.nn.utils.rnn.PackedSequence`). Outputs: ``output, (h_n, c_n)``.
+
+    The noisy units of layer k live in the submodule ``noise_l{k}`` (``noise_l{k}_reverse``):
+    ``.gate`` (p of shape (3H,), order i, f, o), ``.cand`` and ``.cell`` (p of shape (H,)).
+    Eval mode is deterministic (the expectation of every unit, Eq. 13).
+
+    Example::
+
+        >>> rnn = NoisyLSTM(10, 20, num_layers=2, variant="NAH")
+        >>> rnn.load_state_dict(nn.LSTM(10, 20, num_layers=2).state_dict())  # noise p kept
+        <All keys matched successfully>
+        >>> output, (h_n, c_n) = rnn(torch.randn(5, 3, 10))
+    """
+
+    _gates = 4
+    _mode = "LSTM"
+
+    def _tanh_units(self, acts: nn.Module) -> list[nn.Module]:
+        return [acts.cand, acts.cell]
+
+    def forward(self, input: Tensor | PackedSequence,
+                hx: tuple[Tensor, Tensor] | None = None):
+        states = [None, None] if hx is None else list(hx)
+        out, (h_n, c_n) = self._run(input, states)
+        return out, (h_n, c_n)
+
+    def _layer(self, x: Tensor, state: list[Tensor], layer: int, sfx: str,
+               mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        w_ih, w_hh, b_ih, b_hh = self._layer_weights(layer, sfx)
+        acts = getattr(self, f"noise_l{layer}{sfx}")
+        bias = None if b_ih is None or b_hh is None else b_ih + b_hh
+        xp = nn.functional.linear(x, w_ih, bias)
+        h0, c0 = state
+        T, B = x.shape[0], x.shape[1]
+        specs = self._fused_specs(acts, xp)
+        if specs is not None:
+            H = self.hidden_size
+            noise = self._noise(acts, specs, [3 * H, H, H], T, B, xp)
+            consts = [s[1] for s in specs] + [s[2] for s in specs]
+            return _LSTMLayer.apply(xp, h0, c0, w_hh, specs[0][0], specs[1][0], specs[2][0],
+                                    consts, noise, mask)
+        h, c = h0, c0
+        outs = []
+        for t in range(T):
+            h_new, c_new = lstm_step(acts, torch.addmm(xp[t], h, w_hh.t()), c)
+            m = _step_mask(mask, t)
+            if m is None:
+                h, c = h_new, c_new
+                outs.append(h)
+            else:
+                h, c = torch.where(m, h_new, h), torch.where(m, c_new, c)
+                outs.append(h_new * m)
+        return torch.stack(outs), h, c
+
+
+class NoisyGRU(_NoisyRNNBase):
+    r"""Multi-layer GRU with noisy hard gates and candidate, drop-in for :class:`torch.nn.GRU`.
+
+    .. math::
+        \begin{array}{ll}
+        r_t, z_t = \phi_s(W x_t + b_i + U h_{t-1} + b_h) & \text{noisy hard-sigmoid} \\
+        n_t = \phi_t(W_n x_t + b_{in} + r_t \odot (U_n h_{t-1} + b_{hn})) & \text{noisy hard-tanh}\\
+        h_t = (1 - z_t) \odot n_t + z_t \odot h_{t-1}
+        \end{array}
+
+    Arguments as :class:`NoisyLSTM`; inputs ``input, h_0`` and outputs ``output, h_n`` as
+    ``nn.GRU``. Units of layer k: ``noise_l{k}.gate`` (p of shape (2H,), order r, z) and
+    ``noise_l{k}.cand`` (p of shape (H,)).
+
+    Example::
+
+        >>> rnn = NoisyGRU(10, 20, batch_first=True, variant="NAH")
+        >>> output, h_n = rnn(torch.randn(3, 5, 10))
+    """
+
+    _gates = 3
+    _mode = "GRU"
+
+    def _tanh_units(self, acts: nn.Module) -> list[nn.Module]:
+        return [acts.cand]
+
+    def forward(self, input: Tensor | PackedSequence, hx: Tensor | None = None):
+        out, (h_n,) = self._run(input, [hx])
+        return out, h_n
+
+    def _layer(self, x: Tensor, state: list[Tensor], layer: int, sfx: str,
+               mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        w_ih, w_hh, b_ih, b_hh = self._layer_weights(layer, sfx)
+        acts = getattr(self, f"noise_l{layer}{sfx}")
+        gi = nn.functional.linear(x, w_ih, b_ih)
+        (h0,) = state
+        T, B = x.shape[0], x.shape[1]
+        specs = self._fused_specs(acts, gi)
+        if specs is not None:
+            H = self.hidden_size
+            noise = self._noise(acts, specs, [2 * H, H], T, B, gi)
+            consts = [s[1] for s in specs] + [s[2] for s in specs]
+            b = b_hh if b_hh is not None else gi.new_zeros(3 * H)
+            return _GRULayer.apply(gi, h0, w_hh, b, specs[0][0], specs[1][0], consts, noise, mask)
+        h = h0
+        outs = []
+        for t in range(T):
+            h_new = gru_step(acts, gi[t], nn.functional.linear(h, w_hh, b_hh), h)
+            m = _step_mask(mask, t)
+            if m is None:
+                h = h_new
+                outs.append(h)
+            else:
+                h = torch.where(m, h_new, h)
+                outs.append(h_new * m)
+        return torch.stack(outs), h
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells
+
+
+class _NoisyCellBase(nn.Module):
+    _gates: int
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
+                 variant: str = "NAH", gate_variant: str | None = None,
+                 unit_variant: str | None = None, gate_alpha: float | None = None,
+                 unit_alpha: float | None = None, gate_c: float | None = None,
+                 unit_c: float | None = None, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        factory = {"device": device, "dtype": dtype}
+        G = self._gates * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(G, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(G, hidden_size, **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(G, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(G, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        cfg = _UnitConfig(variant, gate_variant, unit_variant, gate_alpha, unit_alpha, gate_c,
+                          unit_c)
+        acts_cls = LSTMActivations if self._gates == 4 else GRUActivations
+        self.noise_l0 = acts_cls(hidden_size, cfg, generator, factory)
+        self.config = cfg
+        self.reset_parameters()
+        self.register_load_state_dict_post_hook(_allow_missing_noise_keys)
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for w in self.parameters(recurse=False):
+                w.uniform_(-bound, bound)
+
+    def _input(self, input: Tensor) -> tuple[Tensor, bool]:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"input must be 1-D (unbatched) or 2-D, got {list(input.shape)}")
+        if input.shape[-1] != self.input_size:
+            raise ValueError(f"input has {input.shape[-1]} features, expected input_size="
+                             f"{self.input_size}")
+        batched = input.dim() == 2
+        return (input if batched else input.unsqueeze(0)), batched
+
+    def _state(self, hx: Tensor | None, x: Tensor, batched: bool, name: str) -> Tensor:
+        if hx is None:
+            return x.new_zeros(x.shape[0], self.hidden_size)
+        h = hx if batched else hx.unsqueeze(0)
+        if tuple(h.shape) != (x.shape[0], self.hidden_size):
+            raise ValueError(f"{name} has shape {list(hx.shape)}, expected "
+                             f"{[x.shape[0], self.hidden_size] if batched else [self.hidden_size]}")
+        return h
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        return s + f", gate={self.config.gate}, unit={self.config.unit}"
+
+
+class NoisyLSTMCell(_NoisyCellBase):
+    """One LSTM step with noisy units, drop-in for :class:`torch.nn.LSTMCell`.
+
+    Example::
+
+        >>> cell = NoisyLSTMCell(10, 20)
+        >>> h, c = cell(torch.randn(3, 10))
+    """
+
+    _gates = 4
+
+    def forward(self, input: Tensor,
+                hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        x, batched = self._input(input)
+        h = self._state(None if hx is None else hx[0], x, batched, "h_0")
+        c = self._state(None if hx is None else hx[1], x, batched, "c_0")
+        pre = nn.functional.linear(x, self.weight_ih, self.bias_ih)
+        pre = pre + nn.functional.linear(h, self.weight_hh, self.bias_hh)
+        h, c = lstm_step(self.noise_l0, pre, c)
+        return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
+
+
+class NoisyGRUCell(_NoisyCellBase):
+    """One GRU step with noisy units, drop-in for :class:`torch.nn.GRUCell`.
+
+    Example::
+
+        >>> cell = NoisyGRUCell(10, 20)
+        >>> h = cell(torch.randn(3, 10))
+    """
+
+    _gates = 3
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        x, batched = self._input(input)
+        h = self._state(hx, x, batched, "hx")
+        gi = nn.functional.linear(x, self.weight_ih, self.bias_ih)
+        gh = nn.functional.linear(h, self.weight_hh, self.bias_hh)
+        h = gru_step(self.noise_l0, gi, gh, h)
+        return h if batched else h.squeeze(0)
+
+
+def from_torch(module: nn.LSTM | nn.GRU | nn.LSTMCell | nn.GRUCell,
+               **kwargs: Any) -> nn.Module:
+    """The noisy counterpart of a torch recurrent module, with its weights (for ``noisify``)."""
+    p = next(module.parameters())
+    factory = {"device": p.device, "dtype": p.dtype}
+    new: nn.Module
+    if isinstance(module, nn.LSTMCell | nn.GRUCell):
+        cell_cls = NoisyLSTMCell if isinstance(module, nn.LSTMCell) else NoisyGRUCell
+        new = cell_cls(module.input_size, module.hidden_size, module.bias, **factory, **kwargs)
+    else:
+        if getattr(module, "proj_size", 0):
+            raise ValueError("LSTM with proj_size is not supported")
+        cls = NoisyLSTM if isinstance(module, nn.LSTM) else NoisyGRU
+        new = cls(module.input_size, module.hidden_size, module.num_layers, module.bias,
+                  module.batch_first, module.dropout, module.bidirectional, **factory, **kwargs)
+    new.load_state_dict(module.state_dict())
+    new.train(module.training)
+    return new

@@ -1,0 +1,237 @@
+"""Noisy LSTM/GRU: wiring (= nn.LSTM/nn.GRU with soft units), fused = reference loop, API."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import noisyact
+from noisyact import functional as F
+from noisyact.rnn import NoisyGRU, NoisyGRUCell, NoisyLSTM, NoisyLSTMCell
+
+PAIRS = [(NoisyLSTM, nn.LSTM), (NoisyGRU, nn.GRU)]
+
+
+def _out(y):
+    return y[0]
+
+
+@pytest.mark.parametrize("cls,tcls", PAIRS)
+@pytest.mark.parametrize("batch_first,bidirectional", [(False, False), (True, True)])
+def test_soft_units_equal_torch(cls, tcls, batch_first, bidirectional):
+    """With the exact soft functions the layer is nn.LSTM/nn.GRU: proves the wiring."""
+    torch.manual_seed(0)
+    ref = tcls(5, 7, num_layers=2, batch_first=batch_first, bidirectional=bidirectional)
+    ours = cls(5, 7, num_layers=2, batch_first=batch_first, bidirectional=bidirectional,
+               variant="soft")
+    assert str(ours.load_state_dict(ref.state_dict())) == "<All keys matched successfully>"
+    x = torch.randn(3, 4, 5, requires_grad=True)
+    a, b = ref(x), ours(x)
+    torch.testing.assert_close(b[0], a[0])
+    torch.testing.assert_close(b[1], a[1])
+    a[0].sum().backward()
+    g = x.grad.clone()
+    x.grad = None
+    b[0].sum().backward()
+    torch.testing.assert_close(x.grad, g)
+
+
+def _reference_lstm_layer(x, w_ih, w_hh, b, p, noise, variant, alpha_g, alpha_t, c):
+    """A hand-written loop over noisyact.functional with given noise (T, B, 5H)."""
+    H = w_hh.shape[1]
+    h = x.new_zeros(x.shape[1], H)
+    cell = x.new_zeros(x.shape[1], H)
+    outs = []
+    kw = {"variant": variant, "training": True, "dim": -1, "c": c}
+    for t in range(x.shape[0]):
+        pre = x[t] @ w_ih.T + h @ w_hh.T + b
+        i, f, g, o = pre.chunk(4, 1)
+        n = noise[t]
+        gates = F.noisy_hard_sigmoid(torch.cat([i, f, o], 1), p[0], alpha=alpha_g,
+                                     noise=n[:, :3 * H], **kw)
+        i, f, o = gates.chunk(3, 1)
+        cell = f * cell + i * F.noisy_hard_tanh(g, p[1], alpha=alpha_t, noise=n[:, 3 * H:4 * H],
+                                                **kw)
+        h = o * F.noisy_hard_tanh(cell, p[2], alpha=alpha_t, noise=n[:, 4 * H:], **kw)
+        outs.append(h)
+    return torch.stack(outs)
+
+
+def _reference_gru_layer(x, w_ih, w_hh, b_ih, b_hh, p, noise, variant, alpha_g, alpha_t, c):
+    H = w_hh.shape[1]
+    h = x.new_zeros(x.shape[1], H)
+    outs = []
+    kw = {"variant": variant, "training": True, "dim": -1, "c": c}
+    for t in range(x.shape[0]):
+        gi = x[t] @ w_ih.T + b_ih
+        gh = h @ w_hh.T + b_hh
+        ir, iz, in_ = gi.chunk(3, 1)
+        hr, hz, hn = gh.chunk(3, 1)
+        r, z = F.noisy_hard_sigmoid(torch.cat([ir + hr, iz + hz], 1), p[0], alpha=alpha_g,
+                                    noise=noise[t][:, :2 * H], **kw).chunk(2, 1)
+        n = F.noisy_hard_tanh(in_ + r * hn, p[1], alpha=alpha_t, noise=noise[t][:, 2 * H:], **kw)
+        h = (1 - z) * n + z * h
+        outs.append(h)
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("mode", ["eager", "compile"])
+@pytest.mark.parametrize("variant", ["NAN", "NAH"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_fused_layer_equals_reference_loop(mode, variant, kind):
+    """Forward and hand-written backward of the fused layer = autograd through the equations."""
+    noisyact.set_fused_mode(mode)
+    torch.manual_seed(0)
+    T, B, I, H = 6, 3, 4, 5
+    cls = NoisyLSTM if kind == "LSTM" else NoisyGRU
+    m = cls(I, H, variant=variant, gate_c=1.5, unit_c=1.5,
+            generator=torch.Generator().manual_seed(9)).double()
+    x = (torch.randn(T, B, I, dtype=torch.float64) * 3).requires_grad_()
+    y = m(x)[0]
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    acts = m.noise_l0
+    noise = torch.randn(T, B, (5 if kind == "LSTM" else 3) * H, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(9))
+    w_ih = m.weight_ih_l0.detach().clone().requires_grad_()
+    w_hh = m.weight_hh_l0.detach().clone().requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    if kind == "LSTM":
+        ps = [a.p.detach().clone().requires_grad_() for a in (acts.gate, acts.cand, acts.cell)]
+        b = (m.bias_ih_l0 + m.bias_hh_l0).detach()
+        y2 = _reference_lstm_layer(x2, w_ih, w_hh, b, ps, noise, variant, acts.gate.alpha,
+                                   acts.cand.alpha, 1.5)
+    else:
+        ps = [a.p.detach().clone().requires_grad_() for a in (acts.gate, acts.cand)]
+        y2 = _reference_gru_layer(x2, w_ih, w_hh, m.bias_ih_l0.detach(), m.bias_hh_l0.detach(),
+                                  ps, noise, variant, acts.gate.alpha, acts.cand.alpha, 1.5)
+    y2.backward(gy)
+    torch.testing.assert_close(y, y2)
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(m.weight_hh_l0.grad, w_hh.grad)
+    torch.testing.assert_close(m.weight_ih_l0.grad, w_ih.grad)
+    got_p = [acts.gate.p.grad, acts.cand.p.grad] + ([acts.cell.p.grad] if kind == "LSTM" else [])
+    for a, b_ in zip(got_p, ps, strict=True):
+        torch.testing.assert_close(a, b_.grad)
+
+
+@pytest.mark.parametrize("cls", [NoisyLSTM, NoisyGRU])
+@pytest.mark.parametrize("variant", ["NAH", "hard", "NANIL"])
+def test_fused_and_generic_paths_agree_in_eval(cls, variant):
+    torch.manual_seed(0)
+    m = cls(4, 6, num_layers=2, bidirectional=True, variant=variant).eval()
+    x = torch.randn(5, 3, 4) * 2
+    a = m(x)
+    assert torch.equal(m(x)[0], a[0])  # deterministic
+    noisyact.set_fused_mode("off")
+    b = m(x)
+    torch.testing.assert_close(a[0], b[0])
+
+
+@pytest.mark.parametrize("cls", [NoisyLSTM, NoisyGRU])
+@pytest.mark.parametrize("path", ["eager", "off"])
+def test_packed_sequences(cls, path):
+    """Packed input = running each sequence alone (no state leaks through padding)."""
+    noisyact.set_fused_mode(path)
+    torch.manual_seed(0)
+    m = cls(3, 4, num_layers=2, bidirectional=True, variant="NAH").eval()
+    lengths = torch.tensor([5, 2, 4])
+    x = torch.randn(5, 3, 3)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out, hidden = m(packed)
+    padded, lens = pad_packed_sequence(out)
+    h_n = hidden[0] if isinstance(hidden, tuple) else hidden
+    for b in range(3):
+        n = int(lengths[b])
+        alone, hid = m(x[:n, b:b + 1])
+        torch.testing.assert_close(padded[:n, b], alone[:, 0])
+        assert (padded[n:, b] == 0).all()
+        h_alone = hid[0] if isinstance(hid, tuple) else hid
+        torch.testing.assert_close(h_n[:, b], h_alone[:, 0])
+    if path == "eager":  # gradients flow through the packed path
+        m.train()
+        out, _ = m(pack_padded_sequence(x.requires_grad_(), lengths, enforce_sorted=False))
+        out.data.sum().backward()
+        assert torch.isfinite(x.grad).all() and (x.grad[4, 1] == 0).all()
+
+
+@pytest.mark.parametrize("cls,tcls", PAIRS)
+def test_state_dict_round_trip(cls, tcls):
+    ref = tcls(3, 4, num_layers=2)
+    ours = cls(3, 4, num_layers=2)
+    p_before = ours.noise_l0.gate.p.detach().clone()
+    ours.load_state_dict(ref.state_dict())
+    assert torch.equal(ours.noise_l0.gate.p, p_before)  # noise parameters kept
+    back = tcls(3, 4, num_layers=2)
+    back.load_state_dict(ours.torch_state_dict())
+    for k, v in ref.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v)
+    extra = set(ours.state_dict()) - set(ref.state_dict())
+    assert extra and all(k.startswith("noise_l") for k in extra)
+
+
+def test_unbatched_initial_state_and_errors():
+    m = NoisyLSTM(3, 4, num_layers=2)
+    x = torch.randn(5, 3)
+    out, (h, c) = m(x)
+    assert out.shape == (5, 4) and h.shape == (2, 4)
+    out, (h, c) = m(torch.randn(5, 2, 3), (torch.zeros(2, 2, 4), torch.ones(2, 2, 4)))
+    assert out.shape == (5, 2, 4)
+    with pytest.raises(ValueError, match="input_size=3"):
+        m(torch.randn(5, 2, 7))
+    with pytest.raises(ValueError, match="h_0 has shape"):
+        m(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4), torch.zeros(2, 2, 4)))
+    with pytest.raises(ValueError, match="2-D .*or 3-D"):
+        m(torch.randn(3))
+    with pytest.raises(ValueError, match="proj_size"):
+        NoisyLSTM(3, 4, proj_size=2)
+    with pytest.raises(ValueError, match="gate_variant"):
+        NoisyLSTM(3, 4, gate_variant="relu")
+
+
+def test_dropout_between_layers_and_eval_determinism():
+    m = NoisyGRU(3, 8, num_layers=2, dropout=0.5, variant="hard")
+    x = torch.randn(4, 2, 3)
+    torch.manual_seed(0)
+    a = m(x)[0]
+    torch.manual_seed(1)
+    b = m(x)[0]
+    assert not torch.equal(a, b)  # "hard" has no noise: the difference is the dropout
+    m.eval()
+    assert torch.equal(m(x)[0], m(x)[0])
+
+
+@pytest.mark.parametrize("cell_cls,tcls", [(NoisyLSTMCell, nn.LSTMCell), (NoisyGRUCell, nn.GRUCell)])
+def test_cells(cell_cls, tcls):
+    ref = tcls(3, 4)
+    ours = cell_cls(3, 4, variant="soft")
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(_out(ours(x)) if isinstance(ours(x), tuple) else ours(x),
+                               _out(ref(x)) if isinstance(ref(x), tuple) else ref(x))
+    noisy = cell_cls(3, 4, variant="NAH")
+    y = noisy(x[0])  # unbatched
+    assert (y[0] if isinstance(y, tuple) else y).shape == (4,)
+    with pytest.raises(ValueError, match="input_size=3"):
+        noisy(torch.randn(2, 5))
+
+
+def test_noisify_converts_recurrent_layers_keeping_weights():
+    net = nn.ModuleDict({"rnn": nn.LSTM(3, 4, batch_first=True), "gru": nn.GRU(4, 4),
+                         "head": nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())})
+    w = net["rnn"].weight_hh_l0.detach().clone()
+    report = noisyact.noisify(net, "NAN", c=0.2)
+    assert isinstance(net["rnn"], NoisyLSTM) and net["rnn"].batch_first
+    assert isinstance(net["gru"], NoisyGRU)
+    assert torch.equal(net["rnn"].weight_hh_l0, w)
+    assert float(net["rnn"].noise_l0.gate.c) == pytest.approx(0.2)
+    assert {r[0] for r in report.replaced} == {"rnn", "gru", "head.1"}
+    params = list(noisyact.noise_parameters(net))
+    assert len(params) == 3 + 2 + 1  # gate/cand/cell p, gate/cand p, head p
+
+
+def test_annealer_reaches_recurrent_units():
+    m = NoisyLSTM(3, 4, num_layers=2)
+    ann = noisyact.NoiseAnnealer(m, noisyact.Constant(0.0))
+    assert len(ann.modules) == 6
+    assert all(float(a.c) == 0.0 for a in ann.modules)
