@@ -139,7 +139,7 @@ def test_packed_sequences(cls, path):
     x = torch.randn(5, 3, 3)
     packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
     out, hidden = m(packed)
-    padded, lens = pad_packed_sequence(out)
+    padded, _lens = pad_packed_sequence(out)
     h_n = hidden[0] if isinstance(hidden, tuple) else hidden
     for b in range(3):
         n = int(lengths[b])
@@ -173,15 +173,15 @@ def test_state_dict_round_trip(cls, tcls):
 def test_unbatched_initial_state_and_errors():
     m = NoisyLSTM(3, 4, num_layers=2)
     x = torch.randn(5, 3)
-    out, (h, c) = m(x)
+    out, (h, _) = m(x)
     assert out.shape == (5, 4) and h.shape == (2, 4)
-    out, (h, c) = m(torch.randn(5, 2, 3), (torch.zeros(2, 2, 4), torch.ones(2, 2, 4)))
+    out, (h, _c) = m(torch.randn(5, 2, 3), (torch.zeros(2, 2, 4), torch.ones(2, 2, 4)))
     assert out.shape == (5, 2, 4)
     with pytest.raises(ValueError, match="input_size=3"):
         m(torch.randn(5, 2, 7))
     with pytest.raises(ValueError, match="h_0 has shape"):
         m(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4), torch.zeros(2, 2, 4)))
-    with pytest.raises(ValueError, match="2-D .*or 3-D"):
+    with pytest.raises(ValueError, match=r"2-D .*or 3-D"):
         m(torch.randn(3))
     with pytest.raises(ValueError, match="proj_size"):
         NoisyLSTM(3, 4, proj_size=2)
