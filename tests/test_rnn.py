@@ -76,7 +76,7 @@ def _reference_gru_layer(x, w_ih, w_hh, b_ih, b_hh, p, noise, variant, alpha_g, 
 
 
 @pytest.mark.parametrize("mode", ["eager", "compile"])
-@pytest.mark.parametrize("variant", ["NAN", "NAH"])
+@pytest.mark.parametrize("variant", ["NAN", "NAH", "NANIL"])
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 def test_fused_layer_equals_reference_loop(mode, variant, kind):
     """Forward and hand-written backward of the fused layer = autograd through the equations."""

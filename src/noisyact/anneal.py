@@ -61,20 +61,22 @@ class InverseSqrt:
     """The paper's schedule (§6.6): c_t = max(floor, c0 / √(t + 1)), t = ⌊step / every⌋.
 
     The paper anneals "from 30 to 0.5" without saying how c stops at 0.5 (30/√(t+1) only reaches
-    it at t = 3599); ``floor`` makes that explicit.
+    it at t = 3599); ``floor`` makes that explicit. ``every`` may be a fraction (t then advances
+    several times per update), which compresses the schedule for short runs.
     """
 
     c0: float
-    every: int = 200
+    every: float = 200
     floor: float = 0.0
 
     def __post_init__(self) -> None:
         check_nonnegative("c0", self.c0)
         check_nonnegative("floor", self.floor)
-        _check_steps("every", self.every)
+        if not (isinstance(self.every, int | float) and self.every > 0):
+            raise ValueError(f"every must be > 0, got {self.every!r}")
 
     def __call__(self, step: int) -> float:
-        t = step // self.every
+        t = math.floor(step / self.every + 1e-9)
         return max(float(self.floor), self.c0 / math.sqrt(t + 1))
 
 

@@ -201,16 +201,11 @@ def noisy_activation(
         raise ValueError(f"noise has shape {list(noise.shape)}, expected {list(x.shape)}")
     p_b = _p_for(variant, p, x, dim)
 
-    if (
-        training
-        and variant in OUTPUT_NOISE_VARIANTS
-        and fn.affine is not None
-        and fused.enabled_for(x, c)
-    ):
-        assert p is not None
-        return fused.output_noise(
-            x, p, dim=dim, affine=fn.affine, alpha=alpha, c=c, half_normal=variant == "NAH",
-            generator=generator, noise=noise, recompute_noise=recompute_noise,
+    if training and fn.affine is not None and fused.enabled_for(x, c):
+        return fused.noisy_unit(
+            x, p if variant in LEARNED_P_VARIANTS else None, variant=variant, dim=dim,
+            affine=fn.affine, alpha=alpha, c=c, generator=generator, noise=noise,
+            recompute_noise=recompute_noise,
         )
 
     cdt = compute_dtype(x.dtype)

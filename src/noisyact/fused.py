@@ -47,7 +47,7 @@ __all__ = [
     "constants",
     "enabled_for",
     "fused_mode",
-    "output_noise",
+    "noisy_unit",
     "run_kernel",
     "set_fused_mode",
     "unit_backward",
@@ -91,39 +91,71 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+#: Kernel code of each variant (hp[5]): output noise (Eq. 12) or which input noise (Eqs. 14, 15).
+VARIANT_CODES = {"NAN": 0.0, "NAH": 0.0, "NANI": 1.0, "NANIL": 2.0, "NANIS": 3.0}
+
+
 def _terms(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor):
-    """Shared terms of Eq. 12 for h = a + b·clamp(kx); hp = [alpha, a, b, k, half_normal]."""
+    """Shared terms for h = a + b·clamp(kx); hp = [alpha, a, b, k, half_normal, variant code]."""
     cdt = compute_dtype(x.dtype)
     xf = x.to(cdt)
-    alpha, a, b, k, half = (hp[i].to(cdt) for i in range(5))
+    alpha, a, b, k, half, code = (hp[i].to(cdt) for i in range(6))
     kx = k * xf
     t = torch.clamp(kx, -1.0, 1.0)
     delta = b * (t - kx)  # Eq. 8
     sg = torch.sigmoid(p.to(cdt) * delta)
     s = sg - 0.5
-    sign_alpha = torch.where(1.0 - alpha >= 0, 1.0, -1.0)
-    d = torch.where(xf >= 0, -sign_alpha, sign_alpha)
+    cc = c.to(cdt)
+    sigma = cc * s * s  # Eq. 9
     xif = xi.to(cdt)
-    eps = torch.where(half > 0, xif.abs(), xif)
-    return alpha, a, b, k, kx, t, delta, sg, s, d, eps, c.to(cdt)
-
-
-def unit_forward(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor) -> Tensor:
-    """φ(x, ξ) of Eq. 12 in the compute dtype (the building block of every fused kernel)."""
-    alpha, a, b, _, kx, t, _, _, s, d, eps, cc = _terms(x, p, xi, c, hp)
-    return alpha * (a + b * t) + (1.0 - alpha) * (a + b * kx) + d * (cc * s * s) * eps
+    return xf, alpha, a, b, k, half, code, kx, t, delta, sg, s, cc, sigma, xif
 
 
 def unit_backward(x: Tensor, p: Tensor, xi: Tensor, c: Tensor,
                   hp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(φ, ∂φ/∂x, ∂φ/∂p) element-wise, for the same ξ, in the compute dtype."""
-    alpha, a, b, k, kx, t, delta, sg, s, d, eps, cc = _terms(x, p, xi, c, hp)
-    inside = ((kx >= -1.0) & (kx <= 1.0)).to(kx.dtype)
+    """(φ, ∂φ/∂x, ∂φ/∂p) element-wise for the same ξ, in the compute dtype.
+
+    Output noise (code 0, Eq. 12): φ = αh + (1 − α)u + dσε. Input noise: φ = h(x + σ_in ξ) with
+    σ_in = c (NANI, code 1), σ(x) of Eq. 9 (NANIL, 2), or c·1[|x| >= x_t] (NANIS, 3, Eq. 15).
+    """
+    xf, alpha, a, b, k, half, code, kx, t, delta, sg, s, cc, sigma, xif = _terms(x, p, xi, c, hp)
     bk = b * k
-    value = alpha * (a + b * t) + (1.0 - alpha) * (a + b * kx) + d * (cc * s * s) * eps
-    m = d * eps * (2.0 * cc * s * sg * (1.0 - sg))  # d ε ∂σ/∂z
-    dx = bk * (alpha * inside + (1.0 - alpha)) + m * p.to(kx.dtype) * bk * (inside - 1.0)
-    return value, dx, m * delta
+    inside = ((kx >= -1.0) & (kx <= 1.0)).to(kx.dtype)
+    sigma_z = 2.0 * cc * s * sg * (1.0 - sg)  # ∂σ/∂(p∆)
+    pf = p.to(kx.dtype)
+    # output noise
+    sign_alpha = torch.where(1.0 - alpha >= 0, 1.0, -1.0)
+    d = torch.where(xf >= 0, -sign_alpha, sign_alpha)
+    eps = torch.where(half > 0, xif.abs(), xif)
+    out_o = alpha * (a + b * t) + (1.0 - alpha) * (a + b * kx) + d * sigma * eps
+    m = d * eps * sigma_z
+    dx_o = bk * (alpha * inside + (1.0 - alpha)) + m * pf * bk * (inside - 1.0)
+    dp_o = m * delta
+    # input noise
+    sigma_in = torch.where(code == 1.0, cc,
+                           torch.where(code == 2.0, sigma, cc * (kx.abs() >= 1.0).to(kx.dtype)))
+    kz = k * (xf + sigma_in * xif)
+    out_i = a + b * torch.clamp(kz, -1.0, 1.0)
+    h_z = bk * ((kz >= -1.0) & (kz <= 1.0)).to(kx.dtype)
+    learned = (code == 2.0).to(kx.dtype)
+    dx_i = h_z * (1.0 + learned * xif * sigma_z * pf * bk * (inside - 1.0))
+    dp_i = h_z * learned * xif * sigma_z * delta
+    output = code == 0.0
+    return (torch.where(output, out_o, out_i), torch.where(output, dx_o, dx_i),
+            torch.where(output, dp_o, dp_i))
+
+
+def unit_forward(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor) -> Tensor:
+    """φ(x, ξ) in the compute dtype (the building block of every fused kernel)."""
+    xf, alpha, a, b, k, half, code, kx, t, delta, sg, s, cc, sigma, xif = _terms(x, p, xi, c, hp)
+    sign_alpha = torch.where(1.0 - alpha >= 0, 1.0, -1.0)
+    d = torch.where(xf >= 0, -sign_alpha, sign_alpha)
+    eps = torch.where(half > 0, xif.abs(), xif)
+    out_o = alpha * (a + b * t) + (1.0 - alpha) * (a + b * kx) + d * sigma * eps
+    sigma_in = torch.where(code == 1.0, cc,
+                           torch.where(code == 2.0, sigma, cc * (kx.abs() >= 1.0).to(kx.dtype)))
+    out_i = a + b * torch.clamp(k * (xf + sigma_in * xif), -1.0, 1.0)
+    return torch.where(code == 0.0, out_o, out_i)
 
 
 def _forward_kernel(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor) -> Tensor:
@@ -162,10 +194,12 @@ def run_kernel(kernel: Callable[..., Any], *args: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=256)
-def constants(alpha: float, a: float, b: float, k: float, half: bool, dtype: torch.dtype,
-               device: torch.device) -> Tensor:
-    """The constant kernel argument hp = [alpha, a, b, k, half_normal] (cached per device)."""
-    return torch.tensor([alpha, a, b, k, 1.0 if half else 0.0], dtype=dtype, device=device)
+def constants(variant: str, alpha: float, a: float, b: float, k: float, dtype: torch.dtype,
+              device: torch.device) -> Tensor:
+    """The constant kernel argument hp = [alpha, a, b, k, half_normal, code] (cached)."""
+    half = 1.0 if variant == "NAH" else 0.0
+    return torch.tensor([alpha, a, b, k, half, VARIANT_CODES[variant]], dtype=dtype,
+                        device=device)
 
 
 def _default_generator(device: torch.device) -> torch.Generator:
@@ -203,20 +237,22 @@ class _OutputNoise(torch.autograd.Function):
         return gx, gp, None, None, None, None
 
 
-def output_noise(
+def noisy_unit(
     x: Tensor,
-    p: Tensor,
+    p: Tensor | None,
     *,
+    variant: str,
     dim: int,
     affine: tuple[float, float, float],
     alpha: float,
     c: float | Tensor,
-    half_normal: bool,
     generator: torch.Generator | None = None,
     noise: Tensor | None = None,
     recompute_noise: bool = False,
 ) -> Tensor:
-    """Training-mode Eq. 12 for ``h = a + b·clamp(kx)``; arguments as in ``noisy_activation``."""
+    """Training-mode φ for ``h = a + b·clamp(kx)``; arguments as in ``noisy_activation``."""
+    if p is None:  # NANI, NANIS: σ does not use p
+        p = torch.zeros(1, dtype=compute_dtype(x.dtype), device=x.device)
     if p.numel() == 1:
         shape3 = (1, 1, x.numel())
     else:
@@ -235,7 +271,7 @@ def output_noise(
         if isinstance(c, Tensor)
         else torch.tensor(float(c), dtype=cdt, device=x.device)
     )
-    hp = constants(float(alpha), *affine, half_normal, cdt, x.device)
+    hp = constants(variant, float(alpha), *affine, cdt, x.device)
     x3 = x.contiguous().view(shape3)
     xi3 = noise.to(x.dtype).contiguous().view(shape3)
     out = _OutputNoise.apply(x3, p3, xi3, c_t, hp, regen)

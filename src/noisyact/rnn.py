@@ -198,11 +198,11 @@ def _unit_spec(m: nn.Module, n: int, like: Tensor) -> tuple[Tensor, Tensor, Tens
     """(p, c, hp, E[ε]) of a unit the fused kernels handle, else None."""
     cdt = compute_dtype(like.dtype)
     dev = like.device
-    if isinstance(m, NoisyHardSigmoid | NoisyHardTanh) and m.variant in ("NAN", "NAH"):
-        assert m.p is not None and m.fn.affine is not None
-        half = m.variant == "NAH"
-        return (m.p, m.c.to(cdt), constants(m.alpha, *m.fn.affine, half, cdt, dev),
-                HALF_NORMAL_MEAN if half else 0.0)
+    if isinstance(m, NoisyHardSigmoid | NoisyHardTanh):
+        assert m.fn.affine is not None
+        p = m.p if m.p is not None else torch.zeros(n, dtype=cdt, device=dev)
+        return (p, m.c.to(cdt), constants(m.variant, m.alpha, *m.fn.affine, cdt, dev),
+                HALF_NORMAL_MEAN if m.variant == "NAH" else 0.0)
     if isinstance(m, HardSigmoid) or (
         type(m) is nn.Hardtanh and (m.min_val, m.max_val) == (-1.0, 1.0)
     ):
@@ -210,7 +210,7 @@ def _unit_spec(m: nn.Module, n: int, like: Tensor) -> tuple[Tensor, Tensor, Tens
         assert affine is not None
         zero = torch.zeros((), dtype=cdt, device=dev)
         return (torch.zeros(n, dtype=cdt, device=dev), zero,
-                constants(1.0, *affine, False, cdt, dev), 0.0)
+                constants("NAN", 1.0, *affine, cdt, dev), 0.0)
     return None
 
 

@@ -1,0 +1,18 @@
+"""The training machinery shared by every experiment: loop, checkpoints, DDP, reports.
+
+Arrows point one way: experiments -> training -> library core.
+"""
+
+from .checkpoint import atomic_save, load_checkpoint
+from .distributed import DistInfo, setup_distributed
+from .trainer import Task, TrainConfig, train
+
+__all__ = [
+    "DistInfo",
+    "Task",
+    "TrainConfig",
+    "atomic_save",
+    "load_checkpoint",
+    "setup_distributed",
+    "train",
+]

@@ -1,0 +1,116 @@
+"""Results tables (ours, mean ± std over seeds, beside the paper) and learning-curve plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import atomic_write_text
+
+
+@dataclass
+class RowResult:
+    """The finished seeds of one row."""
+
+    row: str
+    finals: list[dict[str, Any]] = field(default_factory=list)
+    curves: list[list[dict[str, Any]]] = field(default_factory=list)
+
+    def values(self, key: str) -> list[float]:
+        return [float(f[key]) for f in self.finals if f.get(key) is not None]
+
+
+def mean_std(values: Sequence[float]) -> str:
+    """'m ± s (n)' with the sample standard deviation; '—' when empty."""
+    if not values:
+        return "—"
+    m = statistics.fmean(values)
+    s = statistics.stdev(values) if len(values) > 1 else 0.0
+    digits = 2 if abs(m) < 1000 else 0
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def collect(out_dir: str | Path, rows: Sequence[str]) -> list[RowResult]:
+    """Read ``<out>/<row>/seed*/final.json`` and ``metrics.jsonl`` for each row."""
+    out_dir = Path(out_dir)
+    results = []
+    for row in rows:
+        rr = RowResult(row)
+        for seed_dir in sorted((out_dir / row).glob("seed*")):
+            final = seed_dir / "final.json"
+            if final.exists():
+                rr.finals.append(json.loads(final.read_text()))
+                metrics = seed_dir / "metrics.jsonl"
+                rr.curves.append([json.loads(line) for line in metrics.read_text().splitlines()
+                                  if line.strip()] if metrics.exists() else [])
+        results.append(rr)
+    return results
+
+
+def results_table(results: Sequence[RowResult], columns: Sequence[tuple[str, str]],
+                  paper: dict[str, dict[str, str]]) -> str:
+    """Markdown table: one line per row, each metric ours (mean ± std) beside the paper's."""
+    head = ["row", "seeds"]
+    for key, label in columns:
+        head += [f"{label} (ours)", f"{label} (paper)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rr in results:
+        cells = [rr.row, str(len(rr.finals))]
+        for key, _ in columns:
+            cells += [mean_std(rr.values(key)), paper.get(rr.row, {}).get(key, "—")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(results: Sequence[RowResult], key: str, label: str, path: str | Path,
+                title: str = "", logy: bool = False) -> Path | None:
+    """Mean (line) and min-max band over seeds of ``key`` against update steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    drawn = False
+    for rr in results:
+        series: dict[int, list[float]] = {}
+        for curve in rr.curves:
+            for rec in curve:
+                v = rec.get(key)
+                if v is not None and math.isfinite(float(v)):
+                    series.setdefault(int(rec["step"]), []).append(float(v))
+        if not series:
+            continue
+        steps = sorted(series)
+        mean = [statistics.fmean(series[s]) for s in steps]
+        ax.plot(steps, mean, label=f"{rr.row} ({len(rr.curves)} seeds)")
+        ax.fill_between(steps, [min(series[s]) for s in steps], [max(series[s]) for s in steps],
+                        alpha=0.15)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("updates")
+    ax.set_ylabel(label)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_results(out_dir: str | Path, title: str, body: Sequence[str]) -> Path:
+    """Write ``results.md`` atomically."""
+    path = Path(out_dir) / "results.md"
+    atomic_write_text(f"# {title}\n\n" + "\n\n".join(body) + "\n", path)
+    return path

@@ -1,0 +1,217 @@
+"""One training loop for every experiment, readable in one sitting.
+
+data → forward → backward → clip → step → anneal → log → evaluate → checkpoint.
+
+A :class:`Task` supplies the model, deterministic batches (a pure function of seed, step and rank,
+so a resumed run sees exactly the batches it would have seen), the loss and the evaluation. The
+loop owns the rest: optimiser, gradient clipping, the noise annealer, JSONL metrics, atomic
+checkpoints with every RNG state, ``resume``, and DDP when launched under ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..anneal import NoiseAnnealer
+from ..convert import param_groups
+from .checkpoint import atomic_save, atomic_write_json, atomic_write_text, load_checkpoint
+from .distributed import DistInfo, all_ranks_equal
+
+
+@dataclass
+class TrainConfig:
+    """What the loop needs to know; experiments fill it from their presets."""
+
+    steps: int
+    lr: float = 1e-3
+    optimizer: str = "adam"  # "adam" or "sgd"
+    weight_decay: float = 0.0
+    clip: float = 5.0  # max gradient norm; 0 disables
+    eval_every: int = 100
+    ckpt_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        for name in ("eval_every", "ckpt_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+
+class Task(Protocol):
+    """What an experiment provides for one (row, seed)."""
+
+    def build_model(self) -> nn.Module: ...
+
+    def batch(self, step: int, rank: int, world_size: int) -> Any:
+        """The training batch of this step and rank (deterministic)."""
+
+    def loss(self, model: nn.Module, batch: Any) -> Tensor: ...
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        """Metrics on ``split`` ("valid" or "test"), model in eval mode, no grad."""
+
+    def annealer(self, model: nn.Module) -> NoiseAnnealer | None:
+        """An annealing schedule for the model's noise, or None."""
+
+    def lr_at(self, step: int, base_lr: float) -> float:
+        """Learning rate for this step (schedules such as Zaremba's halving)."""
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _param_checksum(model: nn.Module) -> float:
+    return float(sum(p.detach().double().sum().item() for p in model.parameters()))
+
+
+def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo | None = None,
+          resume: bool = False, progress: bool = True, desc: str = "",
+          stop_at: int | None = None) -> dict[str, Any]:
+    """Train one (row, seed) and return its final metrics (also written to ``final.json``).
+
+    Args:
+        task: the experiment's task.
+        cfg: loop settings.
+        run_dir: folder for ``metrics.jsonl``, ``checkpoint.pt`` and ``final.json``.
+        dist: process placement (single process on CPU by default).
+        resume: continue from ``checkpoint.pt`` if present; a finished run is not redone.
+        progress: show a progress bar (main rank, interactive terminals).
+        desc: progress-bar label.
+        stop_at: stop (as if killed) after this many steps, without finishing; for tests.
+    """
+    dist = dist or DistInfo()
+    run_dir = Path(run_dir)
+    final_path = run_dir / "final.json"
+    ckpt_path = run_dir / "checkpoint.pt"
+    if resume and final_path.exists():
+        return json.loads(final_path.read_text())
+
+    # Every rank builds the same model from the seed; DDP then broadcasts rank 0's weights.
+    torch.manual_seed(cfg.seed)
+    model = task.build_model().to(dist.device)
+    groups = param_groups(model, cfg.weight_decay)
+    opt: torch.optim.Optimizer = (
+        torch.optim.Adam(groups, lr=cfg.lr) if cfg.optimizer == "adam"
+        else torch.optim.SGD(groups, lr=cfg.lr)
+    )
+    annealer = task.annealer(model)
+    step, history, running = 0, [], 0.0
+    if resume and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        if annealer is not None and ck.get("annealer") is not None:
+            annealer.load_state_dict(ck["annealer"])
+        step, history, running = ck["step"], ck["history"], ck["running_loss"]
+        _set_rng_state(ck["rng"][dist.rank] if dist.rank < len(ck["rng"]) else ck["rng"][0],
+                       dist.device)
+    else:
+        # each rank its own noise and dropout stream
+        torch.manual_seed(cfg.seed * 1_000_003 + dist.rank)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text("".join(json.dumps(r) + "\n" for r in history),
+                          run_dir / "metrics.jsonl")
+    net: nn.Module = model
+    if dist.enabled:
+        dev_ids = [dist.device.index] if dist.device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=dev_ids)
+
+    def log(record: dict[str, Any]) -> None:
+        history.append(record)
+        if dist.is_main:
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def checkpoint() -> None:
+        rng = [_rng_state(dist.device)]
+        if dist.enabled:
+            gathered: list[Any] = [None] * dist.world_size
+            torch.distributed.all_gather_object(gathered, rng[0])
+            rng = gathered
+        if dist.is_main:
+            atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "annealer": None if annealer is None else annealer.state_dict(),
+                         "step": step, "history": history, "rng": rng,
+                         "running_loss": running,
+                         "config": asdict(cfg)}, ckpt_path)
+
+    show = progress and dist.is_main and sys.stderr.isatty()
+    bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not show, leave=False)
+    while step < cfg.steps:
+        if stop_at is not None and step >= stop_at:
+            bar.close()
+            return {"stopped_at": step}
+        net.train()
+        lr = task.lr_at(step, cfg.lr)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = task.batch(step, dist.rank, dist.world_size)
+        loss = task.loss(net, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step} ({desc})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = (nn.utils.clip_grad_norm_(model.parameters(), cfg.clip) if cfg.clip > 0
+                 else torch.tensor(0.0))
+        opt.step()
+        if annealer is not None:
+            annealer.step()
+        step += 1
+        running += loss.item()
+        bar.update(1)
+        if step % cfg.log_every == 0:
+            rec = {"step": step, "train_loss": running / cfg.log_every, "lr": lr,
+                   "grad_norm": float(gnorm)}
+            if annealer is not None:
+                rec["c"] = annealer.c
+            log(rec)
+            bar.set_postfix(loss=f"{running / cfg.log_every:.3f}")
+            running = 0.0
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            metrics = task.evaluate(model, "valid") if dist.is_main else {}
+            log({"step": step, **{f"valid_{k}": v for k, v in metrics.items()}})
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            checkpoint()
+    bar.close()
+    in_sync = all_ranks_equal(_param_checksum(model), dist)
+    final: dict[str, Any] = {"steps": step, "world_size": dist.world_size,
+                             "ranks_in_sync": in_sync}
+    if dist.is_main:
+        final.update({f"test_{k}": v for k, v in task.evaluate(model, "test").items()})
+        final.update({f"valid_{k}": v for k, v in task.evaluate(model, "valid").items()})
+        final = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                 for k, v in final.items()}
+        atomic_write_json(final, final_path)
+    return final
+
+
+__all__ = ["Task", "TrainConfig", "train"]

@@ -1,0 +1,110 @@
+"""The runner: resume after a kill, CLI, reports, DDP on CPU, data generators."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from noisyact import cli, experiments
+from noisyact.experiments import unique_count
+from noisyact.experiments.base import parse_overrides
+from noisyact.training import load_checkpoint, train
+from noisyact.training.checkpoint import atomic_save
+
+
+def _smoke_cfg(**kw):
+    return {**unique_count.PRESETS["smoke"], "steps": 24, "ckpt_every": 8, "eval_every": 8, **kw}
+
+
+@pytest.mark.parametrize("row", ["NAN-annealed", "curriculum"])
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, row):
+    exp = experiments.get("unique-count")
+    cfg = _smoke_cfg()
+    tc = exp.train_config(cfg, seed=0)
+    full = train(exp.make_task(row, cfg, 0), tc, tmp_path / "full", progress=False)
+    killed = train(exp.make_task(row, cfg, 0), tc, tmp_path / "resumed", progress=False,
+                   stop_at=13)
+    assert killed == {"stopped_at": 13}
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 8
+    resumed = train(exp.make_task(row, cfg, 0), tc, tmp_path / "resumed", progress=False,
+                    resume=True)
+    assert resumed == full
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert lines == (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+
+
+def test_damaged_checkpoint_is_a_clear_error(tmp_path):
+    p = tmp_path / "checkpoint.pt"
+    p.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="cannot be read"):
+        load_checkpoint(p)
+    atomic_save({"a": 1}, p)
+    assert load_checkpoint(p) == {"a": 1}
+    assert [f.name for f in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left
+
+
+def test_unique_count_targets():
+    x, y = unique_count.make_batch(500, 26, 11, torch.Generator().manual_seed(0))
+    assert x.shape == (500, 26) and x.min() >= 0 and x.max() <= 10
+    assert y.tolist() == [len(set(row.tolist())) for row in x]
+
+
+def test_curriculum_lengths():
+    task = unique_count.UniqueCountTask("curriculum", _smoke_cfg(steps=100), 0)
+    lengths = [task.length_at(s) for s in range(0, 101, 10)]
+    assert lengths[0] == 5 and lengths[-1] == 26 and lengths == sorted(lengths)
+    assert unique_count.UniqueCountTask("NAN", _smoke_cfg(), 0).length_at(0) == 26
+
+
+def test_overrides():
+    cfg = {"steps": 10, "lr": 0.1, "flag": False, "rows": ["a", "b"], "name": "x"}
+    out = parse_overrides(cfg, ["steps=5", "lr=1e-3", "flag=true", "rows=a", "name=y"])
+    assert out == {"steps": 5, "lr": 1e-3, "flag": True, "rows": ["a"], "name": "y"}
+    with pytest.raises(ValueError, match="unknown setting 'stpes'"):
+        parse_overrides(cfg, ["stpes=5"])
+    with pytest.raises(ValueError, match="expected a int"):
+        parse_overrides(cfg, ["steps=many"])
+
+
+def test_cli_run_report_resume(tmp_path, capsys):
+    out = tmp_path / "g"
+    args = ["run", "gaussians", "--preset", "smoke", "--out", str(out), "--no-progress",
+            "steps=20", "eval_every=10", "ckpt_every=10"]
+    assert cli.main(args) == 0
+    for name in ("results.md", "curves.png", "fig5_NAN.png", "fig6_NAH.png", "config.json"):
+        assert (out / name).exists(), name
+    text = (out / "results.md").read_text()
+    assert "| tanh | 1 |" in text and "test error % (paper)" in text
+    final = json.loads((out / "NAN" / "seed0" / "final.json").read_text())
+    assert 0 <= final["test_error"] <= 100
+    assert cli.main(args) == 2  # finished runs are not overwritten without --resume
+    assert "already finished" in capsys.readouterr().err
+    mtime = (out / "NAN" / "seed0" / "final.json").stat().st_mtime
+    assert cli.main([*args, "--resume"]) == 0
+    assert (out / "NAN" / "seed0" / "final.json").stat().st_mtime == mtime  # kept, not redone
+    assert cli.main(["report", str(out)]) == 0
+    assert cli.main(["run", "nope"]) == 2
+    assert cli.main(["run", "gaussians", "--out", str(tmp_path / "x"), "bogus=1"]) == 2
+    assert cli.main(["list"]) == 0
+    assert "unique-count" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NOISYACT_FUSED": "eager"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "noisyact", "run", "gaussians", "--preset", "smoke", "--out", str(out),
+           "--no-progress", "rows=NAN", "steps=20", "eval_every=10", "ckpt_every=10"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = json.loads((out / "NAN" / "seed0" / "final.json").read_text())
+    assert final["world_size"] == 2 and final["ranks_in_sync"] is True
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
