@@ -108,3 +108,32 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     final = json.loads((out / "NAN" / "seed0" / "final.json").read_text())
     assert final["world_size"] == 2 and final["ranks_in_sync"] is True
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
+
+
+def test_ptb_pipeline_on_fixture(tmp_path):
+    from noisyact.experiments import ptb
+
+    data = os.path.join(os.path.dirname(__file__), "data", "ptb")
+    ids, vocab = ptb.tokenize(ptb.load_text(data))
+    assert "<eos>" in vocab and ids["train"].max() < len(vocab)
+    b = ptb.batchify(torch.arange(103), 4)
+    assert b.shape == (25, 4) and b[1, 0] == 1 and b[0, 1] == 25  # columns of consecutive text
+    out = tmp_path / "ptb"
+    assert cli.main(["run", "ptb", "--preset", "smoke", "--data-dir", data, "--out", str(out),
+                     "--no-progress", "rows=reference,NAH", "epochs=1"]) == 0
+    final = json.loads((out / "NAH" / "seed0" / "final.json").read_text())
+    assert 1 < final["test_ppl"] < 100 and final["train_tokens_per_s"] > 0
+    task = ptb.PTBTask("NAH", {**ptb.PRESETS["smoke"], "data_dir": data}, 0)
+    assert task.lr_at(0, 1.0) == 1.0 and task.lr_at(task.steps_per_epoch, 1.0) == 0.5
+
+
+def test_ptb_missing_data_says_how_to_get_it(tmp_path):
+    from noisyact.experiments import ptb
+
+    with pytest.raises(ValueError, match="ptb.train.txt is missing.*noisyact\\[ptb\\]"):
+        ptb.load_text(str(tmp_path))
+    (tmp_path / "ptb.train.txt").write_text("a b\n")
+    (tmp_path / "ptb.valid.txt").write_text("a c\n")
+    (tmp_path / "ptb.test.txt").write_text("a\n")
+    with pytest.raises(ValueError, match="not in the training text"):
+        ptb.tokenize(ptb.load_text(str(tmp_path)))

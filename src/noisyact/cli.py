@@ -17,13 +17,16 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list the experiments and their presets")
     run = sub.add_parser("run", help="run an experiment (default: unique-count, quick)")
     run.add_argument("experiment", nargs="?", default=experiments.DEFAULT)
-    run.add_argument("--preset", default="quick", choices=experiments.PRESETS)
+    run.add_argument("--preset", default="quick",
+                     help="smoke | quick | paper (some experiments have more, see `list`)")
     run.add_argument("--seeds", type=int, default=None, help="number of seeds (preset default)")
     run.add_argument("--out", default=None, help="output folder (default runs/EXP-PRESET)")
     run.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     run.add_argument("--resume", action="store_true",
                      help="keep finished runs and continue interrupted ones")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--data-dir", default=None,
+                     help="folder with the experiment's data (same as data_dir=...)")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="preset settings to change")
     rep = sub.add_parser("report", help="rewrite results.md and plots of a run folder")
     rep.add_argument("dir")
@@ -52,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.overrides.insert(0, args.experiment)
                 args.experiment = experiments.DEFAULT
             exp = experiments.get(args.experiment)
+            if args.data_dir is not None:
+                args.overrides.append(f"data_dir={args.data_dir}")
             out = experiments.run_experiment(
                 exp, args.preset, seeds=args.seeds, out=args.out, device=args.device,
                 resume=args.resume, overrides=args.overrides, progress=not args.no_progress)

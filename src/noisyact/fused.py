@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import types
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +52,7 @@ __all__ = [
     "run_kernel",
     "set_fused_mode",
     "unit_backward",
+    "unit_code",
     "unit_forward",
 ]
 
@@ -91,115 +93,134 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-#: Kernel code of each variant (hp[5]): output noise (Eq. 12) or which input noise (Eqs. 14, 15).
-VARIANT_CODES = {"NAN": 0.0, "NAH": 0.0, "NANI": 1.0, "NANIL": 2.0, "NANIS": 3.0}
+#: Kernel code of each variant: output noise (Eq. 12) or which input noise (Eqs. 14, 15).
+#: Codes are static (Python) arguments, so each compiled kernel is specialised to its variant.
+VARIANT_CODES = {"NAN": 0, "NAH": 0, "NANI": 1, "NANIL": 2, "NANIS": 3}
 
 
-def _terms(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor):
-    """Shared terms for h = a + b·clamp(kx); hp = [alpha, a, b, k, half_normal, variant code]."""
+def unit_code(variant: str) -> tuple[int, bool]:
+    """(variant code, half-normal) for the kernels."""
+    return VARIANT_CODES[variant], variant == "NAH"
+
+
+def _terms(x: Tensor, p: Tensor, c: Tensor, hp: Tensor):
+    """Shared terms for h = a + b·clamp(kx); hp = [alpha, a, b, k]."""
     cdt = compute_dtype(x.dtype)
     xf = x.to(cdt)
-    alpha, a, b, k, half, code = (hp[i].to(cdt) for i in range(6))
+    alpha, a, b, k = (hp[i].to(cdt) for i in range(4))
     kx = k * xf
     t = torch.clamp(kx, -1.0, 1.0)
     delta = b * (t - kx)  # Eq. 8
     sg = torch.sigmoid(p.to(cdt) * delta)
     s = sg - 0.5
     cc = c.to(cdt)
-    sigma = cc * s * s  # Eq. 9
-    xif = xi.to(cdt)
-    return xf, alpha, a, b, k, half, code, kx, t, delta, sg, s, cc, sigma, xif
+    return xf, alpha, a, b, k, kx, t, delta, sg, s, cc, cc * s * s  # last: σ(x), Eq. 9
 
 
-def unit_backward(x: Tensor, p: Tensor, xi: Tensor, c: Tensor,
-                  hp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(φ, ∂φ/∂x, ∂φ/∂p) element-wise for the same ξ, in the compute dtype.
+def _direction(xf: Tensor, alpha: Tensor) -> Tensor:
+    sign_alpha = torch.where(1.0 - alpha >= 0, 1.0, -1.0)
+    return torch.where(xf >= 0, -sign_alpha, sign_alpha)  # d(x), sgn(0) = 1
 
-    Output noise (code 0, Eq. 12): φ = αh + (1 − α)u + dσε. Input noise: φ = h(x + σ_in ξ) with
-    σ_in = c (NANI, code 1), σ(x) of Eq. 9 (NANIL, 2), or c·1[|x| >= x_t] (NANIS, 3, Eq. 15).
+
+def _input_sigma(code: int, cc: Tensor, sigma: Tensor, kx: Tensor) -> Tensor:
+    if code == 1:  # NANI: fixed σ = c
+        return cc
+    if code == 2:  # NANIL: σ(x) of Eq. 9
+        return sigma
+    return cc * (kx.abs() >= 1.0).to(kx.dtype)  # NANIS (Eq. 15): |x| >= x_t <=> |kx| >= 1
+
+
+def unit_forward(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor, code: int,
+                 half: bool) -> Tensor:
+    """φ(x, ξ) in the compute dtype (the building block of every fused kernel).
+
+    Output noise (code 0, Eq. 12): φ = αh + (1 − α)u + dσε, ε = |ξ| if ``half`` else ξ. Input
+    noise: φ = h(x + σ_in ξ) with σ_in = c (NANI, 1), σ(x) (NANIL, 2), c·1[|x| >= x_t] (NANIS, 3).
     """
-    xf, alpha, a, b, k, half, code, kx, t, delta, sg, s, cc, sigma, xif = _terms(x, p, xi, c, hp)
+    xf, alpha, a, b, k, kx, t, _, _, _, cc, sigma = _terms(x, p, c, hp)
+    xif = xi.to(xf.dtype)
+    if code == 0:
+        eps = xif.abs() if half else xif
+        return alpha * (a + b * t) + (1.0 - alpha) * (a + b * kx) + _direction(xf, alpha) * sigma * eps
+    return a + b * torch.clamp(k * (xf + _input_sigma(code, cc, sigma, kx) * xif), -1.0, 1.0)
+
+
+def unit_backward(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor, code: int,
+                  half: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(φ, ∂φ/∂x, ∂φ/∂p) element-wise for the same ξ, in the compute dtype."""
+    xf, alpha, a, b, k, kx, t, delta, sg, s, cc, sigma = _terms(x, p, c, hp)
+    xif = xi.to(xf.dtype)
     bk = b * k
     inside = ((kx >= -1.0) & (kx <= 1.0)).to(kx.dtype)
     sigma_z = 2.0 * cc * s * sg * (1.0 - sg)  # ∂σ/∂(p∆)
     pf = p.to(kx.dtype)
-    # output noise
-    sign_alpha = torch.where(1.0 - alpha >= 0, 1.0, -1.0)
-    d = torch.where(xf >= 0, -sign_alpha, sign_alpha)
-    eps = torch.where(half > 0, xif.abs(), xif)
-    out_o = alpha * (a + b * t) + (1.0 - alpha) * (a + b * kx) + d * sigma * eps
-    m = d * eps * sigma_z
-    dx_o = bk * (alpha * inside + (1.0 - alpha)) + m * pf * bk * (inside - 1.0)
-    dp_o = m * delta
-    # input noise
-    sigma_in = torch.where(code == 1.0, cc,
-                           torch.where(code == 2.0, sigma, cc * (kx.abs() >= 1.0).to(kx.dtype)))
-    kz = k * (xf + sigma_in * xif)
-    out_i = a + b * torch.clamp(kz, -1.0, 1.0)
+    if code == 0:
+        d = _direction(xf, alpha)
+        eps = xif.abs() if half else xif
+        value = alpha * (a + b * t) + (1.0 - alpha) * (a + b * kx) + d * sigma * eps
+        m = d * eps * sigma_z
+        dx = bk * (alpha * inside + (1.0 - alpha)) + m * pf * bk * (inside - 1.0)
+        return value, dx, m * delta
+    kz = k * (xf + _input_sigma(code, cc, sigma, kx) * xif)
+    value = a + b * torch.clamp(kz, -1.0, 1.0)
     h_z = bk * ((kz >= -1.0) & (kz <= 1.0)).to(kx.dtype)
-    learned = (code == 2.0).to(kx.dtype)
-    dx_i = h_z * (1.0 + learned * xif * sigma_z * pf * bk * (inside - 1.0))
-    dp_i = h_z * learned * xif * sigma_z * delta
-    output = code == 0.0
-    return (torch.where(output, out_o, out_i), torch.where(output, dx_o, dx_i),
-            torch.where(output, dp_o, dp_i))
+    if code != 2:
+        return value, h_z, torch.zeros_like(value)
+    dx = h_z * (1.0 + xif * sigma_z * pf * bk * (inside - 1.0))
+    return value, dx, h_z * xif * sigma_z * delta
 
 
-def unit_forward(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor) -> Tensor:
-    """φ(x, ξ) in the compute dtype (the building block of every fused kernel)."""
-    xf, alpha, a, b, k, half, code, kx, t, delta, sg, s, cc, sigma, xif = _terms(x, p, xi, c, hp)
-    sign_alpha = torch.where(1.0 - alpha >= 0, 1.0, -1.0)
-    d = torch.where(xf >= 0, -sign_alpha, sign_alpha)
-    eps = torch.where(half > 0, xif.abs(), xif)
-    out_o = alpha * (a + b * t) + (1.0 - alpha) * (a + b * kx) + d * sigma * eps
-    sigma_in = torch.where(code == 1.0, cc,
-                           torch.where(code == 2.0, sigma, cc * (kx.abs() >= 1.0).to(kx.dtype)))
-    out_i = a + b * torch.clamp(k * (xf + sigma_in * xif), -1.0, 1.0)
-    return torch.where(code == 0.0, out_o, out_i)
+def _forward_kernel(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor, code: int,
+                    half: bool) -> Tensor:
+    return unit_forward(x, p, xi, c, hp, code, half).to(x.dtype)
 
 
-def _forward_kernel(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor) -> Tensor:
-    return unit_forward(x, p, xi, c, hp).to(x.dtype)
-
-
-def _backward_kernel(
-    g: Tensor, x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor
-) -> tuple[Tensor, Tensor]:
-    _, dx, dp = unit_backward(x, p, xi, c, hp)
+def _backward_kernel(g: Tensor, x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor,
+                     code: int, half: bool) -> tuple[Tensor, Tensor]:
+    _, dx, dp = unit_backward(x, p, xi, c, hp, code, half)
     gf = g.to(dx.dtype)
     gp = (gf * dp).sum(dim=(0, 2), keepdim=True)
     return (gf * dx).to(x.dtype), gp.to(p.dtype)
 
 
-def run_kernel(kernel: Callable[..., Any], *args: Any) -> Any:
-    """Run a pure tensor function, compiled once per function in ``"compile"`` mode.
+def _clone(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A copy of ``fn`` with its own code object, hence its own ``torch.compile`` cache."""
+    clone = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
+                               fn.__defaults__, fn.__closure__)
+    clone.__kwdefaults__ = fn.__kwdefaults__
+    return clone
 
-    If compilation fails (no working compiler), warn once and run every kernel eagerly from then
-    on: the numbers are the same, only slower.
+
+def run_kernel(kernel: Callable[..., Any], *args: Any, static: tuple[Any, ...] = ()) -> Any:
+    """Run a pure tensor function ``kernel(*args, *static)``, compiled in ``"compile"`` mode.
+
+    Each combination of the ``static`` arguments (variant codes) gets its own compiled copy with
+    dynamic shapes, so that neither variants nor batch sizes exhaust Dynamo's recompile limit. If
+    compilation fails (no working compiler), warn once and run every kernel eagerly from then on:
+    the numbers are the same, only slower.
     """
     if _state["mode"] == "compile":
-        compiled = _state["compiled"].get(kernel)
+        key = (kernel, static)
+        compiled = _state["compiled"].get(key)
         if compiled is None:
-            compiled = torch.compile(kernel, dynamic=True, fullgraph=True)
-            _state["compiled"][kernel] = compiled
+            compiled = torch.compile(_clone(kernel), dynamic=True, fullgraph=True)
+            _state["compiled"][key] = compiled
         try:
-            return compiled(*args)
+            return compiled(*args, *static)
         except Exception as exc:
             warnings.warn(
                 f"noisyact: compiling the fused kernels failed ({type(exc).__name__}: {exc}); "
                 "running them eagerly", RuntimeWarning, stacklevel=2,
             )
             _state["mode"] = "eager"
-    return kernel(*args)
+    return kernel(*args, *static)
 
 
 @functools.lru_cache(maxsize=256)
-def constants(variant: str, alpha: float, a: float, b: float, k: float, dtype: torch.dtype,
+def constants(alpha: float, a: float, b: float, k: float, dtype: torch.dtype,
               device: torch.device) -> Tensor:
-    """The constant kernel argument hp = [alpha, a, b, k, half_normal, code] (cached)."""
-    half = 1.0 if variant == "NAH" else 0.0
-    return torch.tensor([alpha, a, b, k, half, VARIANT_CODES[variant]], dtype=dtype,
-                        device=device)
+    """The constant kernel argument hp = [alpha, a, b, k] (cached per dtype and device)."""
+    return torch.tensor([alpha, a, b, k], dtype=dtype, device=device)
 
 
 def _default_generator(device: torch.device) -> torch.Generator:
@@ -211,10 +232,11 @@ def _default_generator(device: torch.device) -> torch.Generator:
     raise RuntimeError(f"recompute_noise needs an explicit generator on device {device}")
 
 
-class _OutputNoise(torch.autograd.Function):
+class _NoisyUnit(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x3, p3, xi3, c, hp, regen):  # type: ignore[override]
-        out = run_kernel(_forward_kernel, x3, p3, xi3, c, hp)
+    def forward(ctx, x3, p3, xi3, c, hp, regen, code, half):  # type: ignore[override]
+        out = run_kernel(_forward_kernel, x3, p3, xi3, c, hp, static=(code, half))
+        ctx.code, ctx.half = code, half
         if regen is None:
             ctx.save_for_backward(x3, p3, xi3, c, hp)
         else:
@@ -233,8 +255,9 @@ class _OutputNoise(torch.autograd.Function):
             gen = torch.Generator(device=device)
             gen.set_state(state)
             xi3 = torch.randn(x3.shape, dtype=x3.dtype, device=x3.device, generator=gen)
-        gx, gp = run_kernel(_backward_kernel, grad.contiguous(), x3, p3, xi3, c, hp)
-        return gx, gp, None, None, None, None
+        gx, gp = run_kernel(_backward_kernel, grad.contiguous(), x3, p3, xi3, c, hp,
+                            static=(ctx.code, ctx.half))
+        return gx, gp, None, None, None, None, None, None
 
 
 def noisy_unit(
@@ -271,8 +294,8 @@ def noisy_unit(
         if isinstance(c, Tensor)
         else torch.tensor(float(c), dtype=cdt, device=x.device)
     )
-    hp = constants(variant, float(alpha), *affine, cdt, x.device)
+    hp = constants(float(alpha), *affine, cdt, x.device)
     x3 = x.contiguous().view(shape3)
     xi3 = noise.to(x.dtype).contiguous().view(shape3)
-    out = _OutputNoise.apply(x3, p3, xi3, c_t, hp, regen)
+    out = _NoisyUnit.apply(x3, p3, xi3, c_t, hp, regen, *unit_code(variant))
     return out.view(x.shape)

@@ -22,8 +22,8 @@ the input projections of all time steps are one matrix product, and each step is
 plus one fused element-wise kernel (all units, their noise and the state update) compiled by
 ``torch.compile``; the backward pass is written by hand in the same way, with the recurrent
 weight gradient as one matrix product at the end. This fast path covers the hard units with output
-noise (NAN, NAH) and without noise (``"hard"``); other settings (input-noise variants, ``"soft"``)
-run a plain per-step loop through the activation modules.
+noise (NAN, NAH), input noise (NANI, NANIL, NANIS) and without noise (``"hard"``); ``"soft"``
+(the exact sigmoid/tanh of ``nn.LSTM``) runs a plain per-step loop through the modules.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import fused
 from .functional import HALF_NORMAL_MEAN, VARIANTS
-from .fused import compute_dtype, constants, run_kernel, unit_backward, unit_forward
+from .fused import compute_dtype, constants, run_kernel, unit_backward, unit_code, unit_forward
 from .modules import HardSigmoid, NoisyHardSigmoid, NoisyHardTanh
 from .saturating import HARD_SIGMOID, HARD_TANH
 
@@ -130,29 +130,30 @@ def gru_step(acts: GRUActivations, gi: Tensor, gh: Tensor, h_prev: Tensor) -> Te
 
 
 def _lstm_fwd(pre: Tensor, c_prev: Tensor, xi: Tensor, pg: Tensor, pc: Tensor, po: Tensor,
-              cg: Tensor, cc: Tensor, co: Tensor, hg: Tensor, hc: Tensor,
-              ho: Tensor) -> tuple[Tensor, Tensor]:
+              cg: Tensor, cc: Tensor, co: Tensor, hg: Tensor, hc: Tensor, ho: Tensor,
+              kg: int, sg: bool, kc: int, sc: bool, ko: int, so: bool) -> tuple[Tensor, Tensor]:
     H = c_prev.shape[-1]
-    i = unit_forward(pre[:, :H], pg[:H], xi[:, :H], cg, hg)
-    f = unit_forward(pre[:, H:2 * H], pg[H:2 * H], xi[:, H:2 * H], cg, hg)
-    g = unit_forward(pre[:, 2 * H:3 * H], pc, xi[:, 3 * H:4 * H], cc, hc)
-    o = unit_forward(pre[:, 3 * H:], pg[2 * H:], xi[:, 2 * H:3 * H], cg, hg)
+    i = unit_forward(pre[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
+    f = unit_forward(pre[:, H:2 * H], pg[H:2 * H], xi[:, H:2 * H], cg, hg, kg, sg)
+    g = unit_forward(pre[:, 2 * H:3 * H], pc, xi[:, 3 * H:4 * H], cc, hc, kc, sc)
+    o = unit_forward(pre[:, 3 * H:], pg[2 * H:], xi[:, 2 * H:3 * H], cg, hg, kg, sg)
     c = f * c_prev.to(f.dtype) + i * g
-    h = o * unit_forward(c, po, xi[:, 4 * H:], co, ho)
+    h = o * unit_forward(c, po, xi[:, 4 * H:], co, ho, ko, so)
     return h.to(pre.dtype), c.to(pre.dtype)
 
 
 def _lstm_bwd(dh: Tensor, dc: Tensor, pre: Tensor, c_prev: Tensor, xi: Tensor, pg: Tensor,
               pc: Tensor, po: Tensor, cg: Tensor, cc: Tensor, co: Tensor, hg: Tensor, hc: Tensor,
-              ho: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+              ho: Tensor, kg: int, sg: bool, kc: int, sc: bool, ko: int,
+              so: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     H = c_prev.shape[-1]
-    i, di_x, di_p = unit_backward(pre[:, :H], pg[:H], xi[:, :H], cg, hg)
-    f, df_x, df_p = unit_backward(pre[:, H:2 * H], pg[H:2 * H], xi[:, H:2 * H], cg, hg)
-    g, dg_x, dg_p = unit_backward(pre[:, 2 * H:3 * H], pc, xi[:, 3 * H:4 * H], cc, hc)
-    o, do_x, do_p = unit_backward(pre[:, 3 * H:], pg[2 * H:], xi[:, 2 * H:3 * H], cg, hg)
+    i, di_x, di_p = unit_backward(pre[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
+    f, df_x, df_p = unit_backward(pre[:, H:2 * H], pg[H:2 * H], xi[:, H:2 * H], cg, hg, kg, sg)
+    g, dg_x, dg_p = unit_backward(pre[:, 2 * H:3 * H], pc, xi[:, 3 * H:4 * H], cc, hc, kc, sc)
+    o, do_x, do_p = unit_backward(pre[:, 3 * H:], pg[2 * H:], xi[:, 2 * H:3 * H], cg, hg, kg, sg)
     cp = c_prev.to(i.dtype)
     c = f * cp + i * g
-    tc, dt_x, dt_p = unit_backward(c, po, xi[:, 4 * H:], co, ho)
+    tc, dt_x, dt_p = unit_backward(c, po, xi[:, 4 * H:], co, ho, ko, so)
     dhf = dh.to(i.dtype)
     d_o = dhf * tc
     d_t = dhf * o
@@ -165,22 +166,24 @@ def _lstm_bwd(dh: Tensor, dc: Tensor, pre: Tensor, c_prev: Tensor, xi: Tensor, p
 
 
 def _gru_fwd(gi: Tensor, gh: Tensor, h_prev: Tensor, xi: Tensor, pg: Tensor, pc: Tensor,
-             cg: Tensor, cc: Tensor, hg: Tensor, hc: Tensor) -> Tensor:
+             cg: Tensor, cc: Tensor, hg: Tensor, hc: Tensor, kg: int, sg: bool, kc: int,
+             sc: bool) -> Tensor:
     H = h_prev.shape[-1]
-    r = unit_forward(gi[:, :H] + gh[:, :H], pg[:H], xi[:, :H], cg, hg)
-    z = unit_forward(gi[:, H:2 * H] + gh[:, H:2 * H], pg[H:], xi[:, H:2 * H], cg, hg)
-    n = unit_forward(gi[:, 2 * H:] + r * gh[:, 2 * H:], pc, xi[:, 2 * H:], cc, hc)
+    r = unit_forward(gi[:, :H] + gh[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
+    z = unit_forward(gi[:, H:2 * H] + gh[:, H:2 * H], pg[H:], xi[:, H:2 * H], cg, hg, kg, sg)
+    n = unit_forward(gi[:, 2 * H:] + r * gh[:, 2 * H:], pc, xi[:, 2 * H:], cc, hc, kc, sc)
     return ((1.0 - z) * n + z * h_prev.to(z.dtype)).to(gi.dtype)
 
 
 def _gru_bwd(dh: Tensor, gi: Tensor, gh: Tensor, h_prev: Tensor, xi: Tensor, pg: Tensor,
-             pc: Tensor, cg: Tensor, cc: Tensor, hg: Tensor,
-             hc: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+             pc: Tensor, cg: Tensor, cc: Tensor, hg: Tensor, hc: Tensor, kg: int, sg: bool,
+             kc: int, sc: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     H = h_prev.shape[-1]
-    r, dr_x, dr_p = unit_backward(gi[:, :H] + gh[:, :H], pg[:H], xi[:, :H], cg, hg)
-    z, dz_x, dz_p = unit_backward(gi[:, H:2 * H] + gh[:, H:2 * H], pg[H:], xi[:, H:2 * H], cg, hg)
+    r, dr_x, dr_p = unit_backward(gi[:, :H] + gh[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
+    z, dz_x, dz_p = unit_backward(gi[:, H:2 * H] + gh[:, H:2 * H], pg[H:], xi[:, H:2 * H], cg, hg,
+                                  kg, sg)
     hn = gh[:, 2 * H:].to(r.dtype)
-    n, dn_x, dn_p = unit_backward(gi[:, 2 * H:] + r * hn, pc, xi[:, 2 * H:], cc, hc)
+    n, dn_x, dn_p = unit_backward(gi[:, 2 * H:] + r * hn, pc, xi[:, 2 * H:], cc, hc, kc, sc)
     dhf = dh.to(r.dtype)
     d_n = dhf * (1.0 - z)
     d_z = dhf * (h_prev.to(r.dtype) - n)
@@ -194,15 +197,15 @@ def _gru_bwd(dh: Tensor, gi: Tensor, gh: Tensor, h_prev: Tensor, xi: Tensor, pg:
             (d_n * dn_p).sum(0))
 
 
-def _unit_spec(m: nn.Module, n: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor, float] | None:
-    """(p, c, hp, E[ε]) of a unit the fused kernels handle, else None."""
+def _unit_spec(m: nn.Module, n: int, like: Tensor) -> tuple[Any, ...] | None:
+    """(p, c, hp, E[ε], code, half) of a unit the fused kernels handle, else None."""
     cdt = compute_dtype(like.dtype)
     dev = like.device
     if isinstance(m, NoisyHardSigmoid | NoisyHardTanh):
         assert m.fn.affine is not None
         p = m.p if m.p is not None else torch.zeros(n, dtype=cdt, device=dev)
-        return (p, m.c.to(cdt), constants(m.variant, m.alpha, *m.fn.affine, cdt, dev),
-                HALF_NORMAL_MEAN if m.variant == "NAH" else 0.0)
+        return (p, m.c.to(cdt), constants(m.alpha, *m.fn.affine, cdt, dev),
+                HALF_NORMAL_MEAN if m.variant == "NAH" else 0.0, *unit_code(m.variant))
     if isinstance(m, HardSigmoid) or (
         type(m) is nn.Hardtanh and (m.min_val, m.max_val) == (-1.0, 1.0)
     ):
@@ -210,7 +213,7 @@ def _unit_spec(m: nn.Module, n: int, like: Tensor) -> tuple[Tensor, Tensor, Tens
         assert affine is not None
         zero = torch.zeros((), dtype=cdt, device=dev)
         return (torch.zeros(n, dtype=cdt, device=dev), zero,
-                constants("NAN", 1.0, *affine, cdt, dev), 0.0)
+                constants(1.0, *affine, cdt, dev), 0.0, 0, False)
     return None
 
 
@@ -220,36 +223,36 @@ def _step_mask(mask: Tensor | None, t: int) -> Tensor | None:
 
 class _LSTMLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xp, h0, c0, w_hh, pg, pc, po, consts, noise, mask):  # type: ignore[override]
-        T, B = xp.shape[0], xp.shape[1]
-        H = h0.shape[-1]
+    def forward(ctx, xp, h0, c0, w_hh, pg, pc, po, consts, codes, noise, mask):  # type: ignore[override]
+        T = xp.shape[0]
         w_t = w_hh.to(xp.dtype).t()
-        hs = xp.new_empty(T, B, H)
-        pres = xp.new_empty(T, B, 4 * H)
-        h_prev = xp.new_empty(T, B, H)
-        c_prev = xp.new_empty(T, B, H)
         h, c = h0.to(xp.dtype), c0.to(xp.dtype)
+        hs, pres, h_prev, c_prev = [], [], [], []
         for t in range(T):
-            h_prev[t] = h
-            c_prev[t] = c
-            torch.addmm(xp[t], h, w_t, out=pres[t])
-            h_new, c_new = run_kernel(_lstm_fwd, pres[t], c, noise[t], pg, pc, po, *consts)
+            h_prev.append(h)
+            c_prev.append(c)
+            pre = torch.addmm(xp[t], h, w_t)
+            pres.append(pre)
+            h_new, c_new = run_kernel(_lstm_fwd, pre, c, noise[t], pg, pc, po, *consts,
+                                      static=codes)
             m = _step_mask(mask, t)
             if m is None:
                 h, c = h_new, c_new
-                hs[t] = h
+                hs.append(h)
             else:
                 h, c = torch.where(m, h_new, h), torch.where(m, c_new, c)
-                hs[t] = h_new * m
+                hs.append(h_new * m)
+        pres, h_prev, c_prev = torch.stack(pres), torch.stack(h_prev), torch.stack(c_prev)
         ctx.save_for_backward(pres, h_prev, c_prev, w_hh, pg, pc, po, *consts, noise, mask)
-        return hs, h, c
+        ctx.codes = codes
+        return torch.stack(hs), h, c
 
     @staticmethod
     def backward(ctx, d_hs, d_h, d_c):  # type: ignore[override]
         pres, h_prev, c_prev, w_hh, pg, pc, po, *consts, noise, mask = ctx.saved_tensors
         T = pres.shape[0]
         w = w_hh.to(pres.dtype)
-        d_pres = torch.empty_like(pres)
+        d_pres = [pres[0]] * T
         dpg = torch.zeros_like(pg, dtype=consts[0].dtype)
         dpc = torch.zeros_like(pc, dtype=consts[0].dtype)
         dpo = torch.zeros_like(po, dtype=consts[0].dtype)
@@ -262,7 +265,8 @@ class _LSTMLayer(torch.autograd.Function):
                 dh_in = torch.where(m, dh + d_hs[t], 0.0)
                 dc_in = torch.where(m, dc, 0.0)
             dpre, dcp, gpg, gpc, gpo = run_kernel(_lstm_bwd, dh_in, dc_in, pres[t], c_prev[t],
-                                                  noise[t], pg, pc, po, *consts)
+                                                  noise[t], pg, pc, po, *consts,
+                                                  static=ctx.codes)
             d_pres[t] = dpre
             dpg += gpg
             dpc += gpc
@@ -273,43 +277,43 @@ class _LSTMLayer(torch.autograd.Function):
                 dh = dpre @ w + torch.where(m, 0.0, dh)
                 dc = dcp + torch.where(m, 0.0, dc)
         H4 = pres.shape[-1]
+        d_pres = torch.stack(d_pres)
         d_w = d_pres.reshape(-1, H4).t() @ h_prev.reshape(-1, h_prev.shape[-1])
         return (d_pres, dh, dc, d_w.to(w_hh.dtype), dpg.to(pg.dtype), dpc.to(pc.dtype),
-                dpo.to(po.dtype), None, None, None)
+                dpo.to(po.dtype), None, None, None, None)
 
 
 class _GRULayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gi, h0, w_hh, b_hh, pg, pc, consts, noise, mask):  # type: ignore[override]
-        T, B = gi.shape[0], gi.shape[1]
-        H = h0.shape[-1]
+    def forward(ctx, gi, h0, w_hh, b_hh, pg, pc, consts, codes, noise, mask):  # type: ignore[override]
+        T = gi.shape[0]
         w_t = w_hh.to(gi.dtype).t()
         b = b_hh.to(gi.dtype)
-        hs = gi.new_empty(T, B, H)
-        ghs = gi.new_empty(T, B, 3 * H)
-        h_prev = gi.new_empty(T, B, H)
+        hs, ghs, h_prev = [], [], []
         h = h0.to(gi.dtype)
         for t in range(T):
-            h_prev[t] = h
-            torch.addmm(b, h, w_t, out=ghs[t])
-            h_new = run_kernel(_gru_fwd, gi[t], ghs[t], h, noise[t], pg, pc, *consts)
+            h_prev.append(h)
+            gh = torch.addmm(b, h, w_t)
+            ghs.append(gh)
+            h_new = run_kernel(_gru_fwd, gi[t], gh, h, noise[t], pg, pc, *consts, static=codes)
             m = _step_mask(mask, t)
             if m is None:
                 h = h_new
-                hs[t] = h
+                hs.append(h)
             else:
                 h = torch.where(m, h_new, h)
-                hs[t] = h_new * m
+                hs.append(h_new * m)
+        ghs, h_prev = torch.stack(ghs), torch.stack(h_prev)
         ctx.save_for_backward(gi, ghs, h_prev, w_hh, b_hh, pg, pc, *consts, noise, mask)
-        return hs, h
+        ctx.codes = codes
+        return torch.stack(hs), h
 
     @staticmethod
     def backward(ctx, d_hs, d_h):  # type: ignore[override]
         gi, ghs, h_prev, w_hh, b_hh, pg, pc, *consts, noise, mask = ctx.saved_tensors
         T = gi.shape[0]
         w = w_hh.to(gi.dtype)
-        d_gi = torch.empty_like(gi)
-        d_gh = torch.empty_like(ghs)
+        d_gi, d_gh = [gi[0]] * T, [ghs[0]] * T
         dpg = torch.zeros_like(pg, dtype=consts[0].dtype)
         dpc = torch.zeros_like(pc, dtype=consts[0].dtype)
         dh = d_h
@@ -317,7 +321,8 @@ class _GRULayer(torch.autograd.Function):
             m = _step_mask(mask, t)
             dh_in = dh + d_hs[t] if m is None else torch.where(m, dh + d_hs[t], 0.0)
             dgi, dgh, dh_direct, gpg, gpc = run_kernel(_gru_bwd, dh_in, gi[t], ghs[t], h_prev[t],
-                                                       noise[t], pg, pc, *consts)
+                                                       noise[t], pg, pc, *consts,
+                                                       static=ctx.codes)
             d_gi[t] = dgi
             d_gh[t] = dgh
             dpg += gpg
@@ -327,10 +332,11 @@ class _GRULayer(torch.autograd.Function):
             if carry is not None:
                 dh = dh + carry
         H3 = gi.shape[-1]
+        d_gi, d_gh = torch.stack(d_gi), torch.stack(d_gh)
         d_w = d_gh.reshape(-1, H3).t() @ h_prev.reshape(-1, h_prev.shape[-1])
         d_b = d_gh.reshape(-1, H3).sum(0)
         return (d_gi, dh, d_w.to(w_hh.dtype), d_b.to(b_hh.dtype), dpg.to(pg.dtype),
-                dpc.to(pc.dtype), None, None, None)
+                dpc.to(pc.dtype), None, None, None, None)
 
 # ---------------------------------------------------------------------------------------------
 # Layers
@@ -458,12 +464,13 @@ class _NoisyRNNBase(nn.Module):
                sizes: list[int], T: int, B: int, like: Tensor) -> Tensor:
         """ξ for every step and unit (training) or E[ε] expanded without a random op (eval)."""
         total = sum(sizes)
-        if self.training:
+        if self.training and any(float(spec[1]) != 0.0 for spec in specs):
             return torch.randn(T, B, total, dtype=like.dtype, device=like.device,
                                generator=self.generator)
         means = torch.cat([torch.full((n,), spec[3], dtype=like.dtype, device=like.device)
                            for n, spec in zip(sizes, specs, strict=True)])
-        return means.expand(T, B, total)
+        # materialised (not a stride-0 view) so that the compiled kernels see one layout
+        return means.expand(T, B, total).contiguous()
 
     def _fused_specs(self, acts: nn.Module, like: Tensor) -> list[Any] | None:
         if fused.fused_mode() == "off" or torch.compiler.is_compiling():
@@ -615,8 +622,9 @@ class NoisyLSTM(_NoisyRNNBase):
             H = self.hidden_size
             noise = self._noise(acts, specs, [3 * H, H, H], T, B, xp)
             consts = [s[1] for s in specs] + [s[2] for s in specs]
+            codes = tuple(v for s in specs for v in s[4:])
             return _LSTMLayer.apply(xp, h0, c0, w_hh, specs[0][0], specs[1][0], specs[2][0],
-                                    consts, noise, mask)
+                                    consts, codes, noise, mask)
         h, c = h0, c0
         outs = []
         for t in range(T):
@@ -673,8 +681,10 @@ class NoisyGRU(_NoisyRNNBase):
             H = self.hidden_size
             noise = self._noise(acts, specs, [2 * H, H], T, B, gi)
             consts = [s[1] for s in specs] + [s[2] for s in specs]
+            codes = tuple(v for s in specs for v in s[4:])
             b = b_hh if b_hh is not None else gi.new_zeros(3 * H)
-            return _GRULayer.apply(gi, h0, w_hh, b, specs[0][0], specs[1][0], consts, noise, mask)
+            return _GRULayer.apply(gi, h0, w_hh, b, specs[0][0], specs[1][0], consts, codes,
+                                   noise, mask)
         h = h0
         outs = []
         for t in range(T):

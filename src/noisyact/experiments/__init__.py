@@ -10,6 +10,7 @@ from .base import PRESETS, Experiment, run_experiment, write_report
 _MODULES = {
     "unique-count": "unique_count",
     "gaussians": "gaussians",
+    "ptb": "ptb",
 }
 DEFAULT = "unique-count"
 

