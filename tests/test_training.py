@@ -130,7 +130,7 @@ def test_ptb_pipeline_on_fixture(tmp_path):
 def test_ptb_missing_data_says_how_to_get_it(tmp_path):
     from noisyact.experiments import ptb
 
-    with pytest.raises(ValueError, match="ptb.train.txt is missing.*noisyact\\[ptb\\]"):
+    with pytest.raises(ValueError, match=r"ptb.train.txt is missing.*noisyact\[ptb\]"):
         ptb.load_text(str(tmp_path))
     (tmp_path / "ptb.train.txt").write_text("a b\n")
     (tmp_path / "ptb.valid.txt").write_text("a c\n")

@@ -243,88 +243,39 @@ def noisy_activation(
     return fn.h(xf + shift).to(x.dtype)
 
 
-def noisy_hard_tanh(
-    x: Tensor,
-    p: Tensor | None = None,
-    *,
-    variant: str = "NAH",
-    alpha: float | None = None,
-    c: float | Tensor | None = None,
-    training: bool,
-    generator: torch.Generator | None = None,
-    dim: int = 1,
-    noise: Tensor | None = None,
-) -> Tensor:
-    """Noisy hard-tanh, h(x) = clip(x, −1, 1), u(x) = x. See :func:`noisy_activation`.
+def _bind(fn: Saturating, name: str, doc: str):
+    """The functional form of :func:`noisy_activation` for one (h, u) pair."""
+
+    def bound(
+        x: Tensor,
+        p: Tensor | None = None,
+        *,
+        variant: str = "NAH",
+        alpha: float | None = None,
+        c: float | Tensor | None = None,
+        training: bool,
+        generator: torch.Generator | None = None,
+        dim: int = 1,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        return noisy_activation(x, p, fn=fn, variant=variant, alpha=alpha, c=c,
+                                training=training, generator=generator, dim=dim, noise=noise)
+
+    bound.__name__ = bound.__qualname__ = name
+    bound.__doc__ = doc + "\n\n    Arguments as :func:`noisy_activation` (``fn`` fixed).\n"
+    return bound
+
+
+noisy_hard_tanh = _bind(HARD_TANH, "noisy_hard_tanh", """Noisy hard-tanh, h(x) = clip(x, −1, 1), u(x) = x.
 
     Example::
 
         >>> x = torch.linspace(-3, 3, 7)
         >>> noisy_hard_tanh(x, torch.tensor([0.5]), variant="NAN", alpha=1.0, training=False)
-        tensor([-1., -1., -1.,  0.,  1.,  1.,  1.])
-    """
-    return noisy_activation(
-        x, p, fn=HARD_TANH, variant=variant, alpha=alpha, c=c, training=training,
-        generator=generator, dim=dim, noise=noise,
-    )
-
-
-def noisy_hard_sigmoid(
-    x: Tensor,
-    p: Tensor | None = None,
-    *,
-    variant: str = "NAH",
-    alpha: float | None = None,
-    c: float | Tensor | None = None,
-    training: bool,
-    generator: torch.Generator | None = None,
-    dim: int = 1,
-    noise: Tensor | None = None,
-) -> Tensor:
-    """Noisy hard-sigmoid, h(x) = clip(0.25x + 0.5, 0, 1), u(x) = 0.25x + 0.5 (not ``F.hardsigmoid``).
-
-    See :func:`noisy_activation`.
-    """
-    return noisy_activation(
-        x, p, fn=HARD_SIGMOID, variant=variant, alpha=alpha, c=c, training=training,
-        generator=generator, dim=dim, noise=noise,
-    )
-
-
-def noisy_tanh(
-    x: Tensor,
-    p: Tensor | None = None,
-    *,
-    variant: str = "NAH",
-    alpha: float | None = None,
-    c: float | Tensor | None = None,
-    training: bool,
-    generator: torch.Generator | None = None,
-    dim: int = 1,
-    noise: Tensor | None = None,
-) -> Tensor:
-    """Noisy soft tanh, h = tanh, u(x) = x (the construction of §4 applied to a soft gate)."""
-    return noisy_activation(
-        x, p, fn=TANH, variant=variant, alpha=alpha, c=c, training=training,
-        generator=generator, dim=dim, noise=noise,
-    )
-
-
-def noisy_sigmoid(
-    x: Tensor,
-    p: Tensor | None = None,
-    *,
-    variant: str = "NAH",
-    alpha: float | None = None,
-    c: float | Tensor | None = None,
-    training: bool,
-    generator: torch.Generator | None = None,
-    dim: int = 1,
-    noise: Tensor | None = None,
-) -> Tensor:
-    """Noisy soft sigmoid, h = sigmoid, u(x) = 0.25x + 0.5."""
-    return noisy_activation(
-        x, p, fn=SIGMOID, variant=variant, alpha=alpha, c=c, training=training,
-        generator=generator, dim=dim, noise=noise,
-    )
-
+        tensor([-1., -1., -1.,  0.,  1.,  1.,  1.])""")
+noisy_hard_sigmoid = _bind(HARD_SIGMOID, "noisy_hard_sigmoid", """Noisy hard-sigmoid,
+    h(x) = clip(0.25x + 0.5, 0, 1), u(x) = 0.25x + 0.5 (not ``F.hardsigmoid``).""")
+noisy_tanh = _bind(TANH, "noisy_tanh", """Noisy soft tanh, h = tanh, u(x) = x (§4 applied to a soft
+    unit).""")
+noisy_sigmoid = _bind(SIGMOID, "noisy_sigmoid", """Noisy soft sigmoid, h = sigmoid,
+    u(x) = 0.25x + 0.5.""")

@@ -83,32 +83,36 @@ class _UnitConfig:
         return _activation(self.unit, False, n, self.unit_alpha, self.unit_c, generator, factory)
 
 
-class LSTMActivations(nn.Module):
-    """The noisy units of one LSTM layer and direction: gates (i, f, o), candidate g, cell output."""
+class RecurrentUnits(nn.Module):
+    """The noisy units of one recurrent layer and direction: ``gate`` (all sigmoid gates
+    side by side, p of shape (n_gates·H,)) and one hard-tanh unit per name in ``tanh_units``."""
 
-    def __init__(self, hidden_size: int, cfg: _UnitConfig, generator: torch.Generator | None,
+    def __init__(self, hidden_size: int, n_gates: int, tanh_units: tuple[str, ...],
+                 cfg: _UnitConfig, generator: torch.Generator | None,
                  factory: dict[str, Any]) -> None:
         super().__init__()
-        self.gate = cfg.make(True, 3 * hidden_size, generator, factory)
-        self.cand = cfg.make(False, hidden_size, generator, factory)
-        self.cell = cfg.make(False, hidden_size, generator, factory)
+        self.gate = cfg.make(True, n_gates * hidden_size, generator, factory)
+        for name in tanh_units:
+            self.add_module(name, cfg.make(False, hidden_size, generator, factory))
 
 
-class GRUActivations(nn.Module):
-    """The noisy units of one GRU layer and direction: gates (r, z) and candidate n."""
+def LSTMActivations(hidden_size: int, cfg: _UnitConfig, generator: torch.Generator | None,
+                    factory: dict[str, Any]) -> RecurrentUnits:
+    """LSTM units: gates (i, f, o), candidate ``cand`` and cell output ``cell``."""
+    return RecurrentUnits(hidden_size, 3, ("cand", "cell"), cfg, generator, factory)
 
-    def __init__(self, hidden_size: int, cfg: _UnitConfig, generator: torch.Generator | None,
-                 factory: dict[str, Any]) -> None:
-        super().__init__()
-        self.gate = cfg.make(True, 2 * hidden_size, generator, factory)
-        self.cand = cfg.make(False, hidden_size, generator, factory)
+
+def GRUActivations(hidden_size: int, cfg: _UnitConfig, generator: torch.Generator | None,
+                   factory: dict[str, Any]) -> RecurrentUnits:
+    """GRU units: gates (r, z) and candidate ``cand``."""
+    return RecurrentUnits(hidden_size, 2, ("cand",), cfg, generator, factory)
 
 
 # ---------------------------------------------------------------------------------------------
 # Reference steps: plain autograd through the activation modules (any kind).
 
 
-def lstm_step(acts: LSTMActivations, pre: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+def lstm_step(acts: RecurrentUnits, pre: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     """One LSTM step from the pre-activations ``pre = W x + b + U h`` (gate order i, f, g, o)."""
     i, f, g, o = pre.chunk(4, -1)
     i, f, o = acts.gate(torch.cat([i, f, o], -1)).chunk(3, -1)
@@ -116,7 +120,7 @@ def lstm_step(acts: LSTMActivations, pre: Tensor, c_prev: Tensor) -> tuple[Tenso
     return o * acts.cell(c), c
 
 
-def gru_step(acts: GRUActivations, gi: Tensor, gh: Tensor, h_prev: Tensor) -> Tensor:
+def gru_step(acts: RecurrentUnits, gi: Tensor, gh: Tensor, h_prev: Tensor) -> Tensor:
     """One GRU step from ``gi = W x + b_i`` and ``gh = U h + b_h`` (gate order r, z, n)."""
     ir, iz, in_ = gi.chunk(3, -1)
     hr, hz, hn = gh.chunk(3, -1)
@@ -221,6 +225,14 @@ def _step_mask(mask: Tensor | None, t: int) -> Tensor | None:
     return None if mask is None else mask[t]
 
 
+def _advance(m: Tensor | None, new: tuple[Tensor, ...],
+             old: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor]:
+    """The states after a step (kept where a packed sequence has ended) and the step's output."""
+    if m is None:
+        return new, new[0]
+    return tuple(torch.where(m, n, o) for n, o in zip(new, old, strict=True)), new[0] * m
+
+
 class _LSTMLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xp, h0, c0, w_hh, pg, pc, po, consts, codes, noise, mask):  # type: ignore[override]
@@ -233,15 +245,9 @@ class _LSTMLayer(torch.autograd.Function):
             c_prev.append(c)
             pre = torch.addmm(xp[t], h, w_t)
             pres.append(pre)
-            h_new, c_new = run_kernel(_lstm_fwd, pre, c, noise[t], pg, pc, po, *consts,
-                                      static=codes)
-            m = _step_mask(mask, t)
-            if m is None:
-                h, c = h_new, c_new
-                hs.append(h)
-            else:
-                h, c = torch.where(m, h_new, h), torch.where(m, c_new, c)
-                hs.append(h_new * m)
+            new = run_kernel(_lstm_fwd, pre, c, noise[t], pg, pc, po, *consts, static=codes)
+            (h, c), out = _advance(_step_mask(mask, t), new, (h, c))
+            hs.append(out)
         pres, h_prev, c_prev = torch.stack(pres), torch.stack(h_prev), torch.stack(c_prev)
         ctx.save_for_backward(pres, h_prev, c_prev, w_hh, pg, pc, po, *consts, noise, mask)
         ctx.codes = codes
@@ -295,14 +301,9 @@ class _GRULayer(torch.autograd.Function):
             h_prev.append(h)
             gh = torch.addmm(b, h, w_t)
             ghs.append(gh)
-            h_new = run_kernel(_gru_fwd, gi[t], gh, h, noise[t], pg, pc, *consts, static=codes)
-            m = _step_mask(mask, t)
-            if m is None:
-                h = h_new
-                hs.append(h)
-            else:
-                h = torch.where(m, h_new, h)
-                hs.append(h_new * m)
+            new = run_kernel(_gru_fwd, gi[t], gh, h, noise[t], pg, pc, *consts, static=codes)
+            (h,), out = _advance(_step_mask(mask, t), (new,), (h,))
+            hs.append(out)
         ghs, h_prev = torch.stack(ghs), torch.stack(h_prev)
         ctx.save_for_backward(gi, ghs, h_prev, w_hh, b_hh, pg, pc, *consts, noise, mask)
         ctx.codes = codes
@@ -628,14 +629,9 @@ class NoisyLSTM(_NoisyRNNBase):
         h, c = h0, c0
         outs = []
         for t in range(T):
-            h_new, c_new = lstm_step(acts, torch.addmm(xp[t], h, w_hh.t()), c)
-            m = _step_mask(mask, t)
-            if m is None:
-                h, c = h_new, c_new
-                outs.append(h)
-            else:
-                h, c = torch.where(m, h_new, h), torch.where(m, c_new, c)
-                outs.append(h_new * m)
+            new = lstm_step(acts, torch.addmm(xp[t], h, w_hh.t()), c)
+            (h, c), out = _advance(_step_mask(mask, t), new, (h, c))
+            outs.append(out)
         return torch.stack(outs), h, c
 
 
@@ -688,14 +684,9 @@ class NoisyGRU(_NoisyRNNBase):
         h = h0
         outs = []
         for t in range(T):
-            h_new = gru_step(acts, gi[t], nn.functional.linear(h, w_hh, b_hh), h)
-            m = _step_mask(mask, t)
-            if m is None:
-                h = h_new
-                outs.append(h)
-            else:
-                h = torch.where(m, h_new, h)
-                outs.append(h_new * m)
+            new = gru_step(acts, gi[t], nn.functional.linear(h, w_hh, b_hh), h)
+            (h,), out = _advance(_step_mask(mask, t), (new,), (h,))
+            outs.append(out)
         return torch.stack(outs), h
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from ..anneal import NoiseAnnealer
 from ..training.checkpoint import atomic_write_json
@@ -27,6 +28,26 @@ class BaseTask:
 
     def lr_at(self, step: int, base_lr: float) -> float:
         return base_lr
+
+
+class ClassificationTask(BaseTask):
+    """Cross-entropy training and error % / NLL evaluation on fixed ``eval_sets[split]``."""
+
+    eval_sets: dict[str, tuple[Tensor, Tensor]]
+
+    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x, y = batch
+        dev = next(model.parameters()).device
+        return nn.functional.cross_entropy(model(x.to(dev)), y.to(dev))
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        model.eval()
+        x, y = self.eval_sets[split]
+        dev = next(model.parameters()).device
+        logits = torch.cat([model(xb.to(dev)).cpu() for xb in x.split(1000)])
+        return {"error": 100.0 * (logits.argmax(1) != y).float().mean().item(),
+                "nll": nn.functional.cross_entropy(logits, y).item()}
 
 
 @dataclass
@@ -161,5 +182,5 @@ def write_report(exp: Experiment, out_dir: Path, cfg: dict[str, Any] | None = No
     return write_results(out_dir, f"{exp.name}: results", body)
 
 
-__all__ = ["PRESETS", "BaseTask", "DistInfo", "Experiment", "parse_overrides", "run_experiment",
-           "write_report"]
+__all__ = ["PRESETS", "BaseTask", "ClassificationTask", "DistInfo", "Experiment",
+           "parse_overrides", "run_experiment", "write_report"]

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..modules import NoisyHardTanh
 from ..training.checkpoint import load_checkpoint
-from .base import BaseTask, Experiment
+from .base import ClassificationTask, Experiment
 
 ROWS = ("tanh", "NAN", "NAH")
 MEANS = ((-2.0, -1.0), (2.0, -1.0), (0.0, 2.0))
@@ -53,7 +53,7 @@ def mlp(row: str, hidden: int, layers: int, alpha: float, c: float) -> nn.Sequen
     return nn.Sequential(*mods)
 
 
-class GaussiansTask(BaseTask):
+class GaussiansTask(ClassificationTask):
     def __init__(self, row: str, cfg: dict[str, Any], seed: int) -> None:
         self.row, self.cfg, self.seed = row, cfg, seed
         self.train_set = mixture(cfg["n_train"], torch.Generator().manual_seed(1234))
@@ -68,19 +68,6 @@ class GaussiansTask(BaseTask):
         gen = torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 131 + rank)
         idx = torch.randint(0, self.cfg["n_train"], (self.cfg["batch_size"],), generator=gen)
         return self.train_set[0][idx], self.train_set[1][idx]
-
-    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-        x, y = batch
-        dev = next(model.parameters()).device
-        return nn.functional.cross_entropy(model(x.to(dev)), y.to(dev))
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
-        model.eval()
-        x, y = self.eval_sets[split]
-        logits = model(x.to(next(model.parameters()).device)).cpu()
-        return {"error": 100.0 * (logits.argmax(1) != y).float().mean().item(),
-                "nll": nn.functional.cross_entropy(logits, y).item()}
 
 
 def _unit_curves(model: nn.Sequential, derivative: bool) -> list[tuple[Tensor, Tensor]]:

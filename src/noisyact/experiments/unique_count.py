@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..anneal import InverseSqrt, NoiseAnnealer
 from ..rnn import NoisyLSTM
-from .base import BaseTask, Experiment
+from .base import ClassificationTask, Experiment
 
 ROWS = ("reference", "hard", "NAN", "curriculum", "NAN-annealed", "NANIL-annealed", "NAH")
 
@@ -69,10 +69,10 @@ class UniqueCountModel(nn.Module):
         return self.head(h.mean(1))
 
 
-class UniqueCountTask(BaseTask):
+class UniqueCountTask(ClassificationTask):
     def __init__(self, row: str, cfg: dict[str, Any], seed: int) -> None:
         self.row, self.cfg, self.seed = row, cfg, seed
-        self.data = {
+        self.eval_sets = {
             split: make_batch(cfg[f"{split}_size"], cfg["length"], cfg["vocab"],
                               torch.Generator().manual_seed(10_000 + i))
             for i, split in enumerate(("valid", "test"))
@@ -109,20 +109,6 @@ class UniqueCountTask(BaseTask):
     def batch(self, step: int, rank: int, world_size: int) -> tuple[Tensor, Tensor]:
         gen = torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 131 + rank)
         return make_batch(self.cfg["batch_size"], self.length_at(step), self.cfg["vocab"], gen)
-
-    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-        x, y = batch
-        dev = next(model.parameters()).device
-        return nn.functional.cross_entropy(model(x.to(dev)), y.to(dev))
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
-        model.eval()
-        x, y = self.data[split]
-        dev = next(model.parameters()).device
-        logits = torch.cat([model(xb.to(dev)).cpu() for xb in x.split(1000)])
-        return {"error": 100.0 * (logits.argmax(1) != y).float().mean().item(),
-                "nll": nn.functional.cross_entropy(logits, y).item()}
 
 
 class UniqueCount(Experiment):
