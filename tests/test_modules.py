@@ -239,3 +239,11 @@ def test_annealer_sets_every_module_and_resumes():
     assert float(net2[0].c) == pytest.approx(float(net[0].c))
     with pytest.raises(ValueError, match="no noisy module"):
         anneal.NoiseAnnealer(nn.Linear(2, 2), noisyact.Constant(1.0))
+
+
+def test_half_module_keeps_c_exact():
+    m = noisyact.NoisyHardSigmoid(c=0.15, num_parameters=4, dim=-1).half()
+    assert m.c.dtype == torch.float64 and float(m.c) == 0.15
+    assert m.p.dtype == torch.float16
+    y = m(torch.randn(3, 4, dtype=torch.float16) * 3)
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()

@@ -75,9 +75,11 @@ def _reference_gru_layer(x, w_ih, w_hh, b_ih, b_hh, p, noise, variant, alpha_g, 
     return torch.stack(outs)
 
 
-@pytest.mark.parametrize("mode", ["eager", "compile"])
-@pytest.mark.parametrize("variant", ["NAN", "NAH", "NANIL"])
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize(
+    "mode,variant,kind",
+    [("eager", v, k) for v in ("NAN", "NAH", "NANIL") for k in ("LSTM", "GRU")]
+    + [("compile", "NAH", "LSTM"), ("compile", "NANIL", "GRU")],
+)
 def test_fused_layer_equals_reference_loop(mode, variant, kind):
     """Forward and hand-written backward of the fused layer = autograd through the equations."""
     noisyact.set_fused_mode(mode)
