@@ -237,3 +237,16 @@ def test_annealer_reaches_recurrent_units():
     ann = noisyact.NoiseAnnealer(m, noisyact.Constant(0.0))
     assert len(ann.modules) == 6
     assert all(float(a.c) == 0.0 for a in ann.modules)
+
+
+def test_inside_a_compiled_model():
+    """torch.compile of a model holding a NoisyLSTM runs the fused recurrence (no unrolling)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), NoisyLSTM(4, 5, variant="NAH"))
+    compiled = torch.compile(model)
+    x = torch.randn(6, 2, 3)
+    model.eval()
+    torch.testing.assert_close(compiled(x)[0], model(x)[0])
+    model.train()
+    compiled(x)[0].sum().backward()
+    assert model[1].noise_l0.gate.p.grad is not None

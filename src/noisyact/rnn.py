@@ -527,6 +527,9 @@ class _NoisyRNNBase(nn.Module):
             return out.squeeze(1)
         return out.transpose(0, 1) if self.batch_first else out
 
+    # The recurrence is a Python loop over time steps around compiled kernels: a compiled model
+    # runs it as it is (a graph break) instead of unrolling T steps into one huge graph.
+    @torch.compiler.disable
     def _run(self, input: Tensor | PackedSequence, states: list[Tensor | None]):
         x, lengths, batched, packed = self._parse_input(input)
         T, B = x.shape[0], x.shape[1]
