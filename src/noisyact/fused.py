@@ -117,17 +117,25 @@ def _terms(x: Tensor, p: Tensor, c: Tensor, hp: Tensor):
     return xf, alpha, a, b, k, kx, t, delta, sg, s, cc, cc * s * s  # last: σ(x), Eq. 9
 
 
-def _direction(xf: Tensor, alpha: Tensor) -> Tensor:
+def _output_value(xf: Tensor, alpha: Tensor, a: Tensor, b: Tensor, kx: Tensor, t: Tensor,
+                  sigma: Tensor, xif: Tensor, half: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Eq. 12: (φ, d(x), ε) for output noise."""
     sign_alpha = torch.where(1.0 - alpha >= 0, 1.0, -1.0)
-    return torch.where(xf >= 0, -sign_alpha, sign_alpha)  # d(x), sgn(0) = 1
+    d = torch.where(xf >= 0, -sign_alpha, sign_alpha)  # d(x), sgn(0) = 1
+    eps = xif.abs() if half else xif
+    return alpha * (a + b * t) + (1.0 - alpha) * (a + b * kx) + d * sigma * eps, d, eps
 
 
-def _input_sigma(code: int, cc: Tensor, sigma: Tensor, kx: Tensor) -> Tensor:
+def _input_kz(code: int, xf: Tensor, k: Tensor, cc: Tensor, sigma: Tensor, kx: Tensor,
+              xif: Tensor) -> Tensor:
+    """k·(x + σ_in ξ) for the input-noise variants (Eqs. 14, 15)."""
     if code == 1:  # NANI: fixed σ = c
-        return cc
-    if code == 2:  # NANIL: σ(x) of Eq. 9
-        return sigma
-    return cc * (kx.abs() >= 1.0).to(kx.dtype)  # NANIS (Eq. 15): |x| >= x_t <=> |kx| >= 1
+        sigma_in = cc
+    elif code == 2:  # NANIL: σ(x) of Eq. 9
+        sigma_in = sigma
+    else:  # NANIS (Eq. 15): |x| >= x_t <=> |kx| >= 1
+        sigma_in = cc * (kx.abs() >= 1.0).to(kx.dtype)
+    return k * (xf + sigma_in * xif)
 
 
 def unit_forward(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor, code: int,
@@ -140,9 +148,8 @@ def unit_forward(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor, code: 
     xf, alpha, a, b, k, kx, t, _, _, _, cc, sigma = _terms(x, p, c, hp)
     xif = xi.to(xf.dtype)
     if code == 0:
-        eps = xif.abs() if half else xif
-        return alpha * (a + b * t) + (1.0 - alpha) * (a + b * kx) + _direction(xf, alpha) * sigma * eps
-    return a + b * torch.clamp(k * (xf + _input_sigma(code, cc, sigma, kx) * xif), -1.0, 1.0)
+        return _output_value(xf, alpha, a, b, kx, t, sigma, xif, half)[0]
+    return a + b * torch.clamp(_input_kz(code, xf, k, cc, sigma, kx, xif), -1.0, 1.0)
 
 
 def unit_backward(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor, code: int,
@@ -155,13 +162,11 @@ def unit_backward(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor, code:
     sigma_z = 2.0 * cc * s * sg * (1.0 - sg)  # ∂σ/∂(p∆)
     pf = p.to(kx.dtype)
     if code == 0:
-        d = _direction(xf, alpha)
-        eps = xif.abs() if half else xif
-        value = alpha * (a + b * t) + (1.0 - alpha) * (a + b * kx) + d * sigma * eps
+        value, d, eps = _output_value(xf, alpha, a, b, kx, t, sigma, xif, half)
         m = d * eps * sigma_z
         dx = bk * (alpha * inside + (1.0 - alpha)) + m * pf * bk * (inside - 1.0)
         return value, dx, m * delta
-    kz = k * (xf + _input_sigma(code, cc, sigma, kx) * xif)
+    kz = _input_kz(code, xf, k, cc, sigma, kx, xif)
     value = a + b * torch.clamp(kz, -1.0, 1.0)
     h_z = bk * ((kz >= -1.0) & (kz <= 1.0)).to(kx.dtype)
     if code != 2:
