@@ -11,6 +11,8 @@ _MODULES = {
     "unique-count": "unique_count",
     "gaussians": "gaussians",
     "ptb": "ptb",
+    "learning-to-execute": "learning_to_execute",
+    "associative-recall": "associative_recall",
 }
 DEFAULT = "unique-count"
 

@@ -151,8 +151,15 @@ def run_experiment(exp: Experiment, preset: str = "quick", *, seeds: int | None 
                                           "finished runs or choose another --out")
                 continue
             task = exp.make_task(row, cfg, seed)
-            final = train(task, exp.train_config(cfg, seed), run_dir, dist=dist, resume=resume,
-                          progress=progress, desc=f"{row} seed {seed}")
+            try:
+                final = train(task, exp.train_config(cfg, seed), run_dir, dist=dist,
+                              resume=resume, progress=progress, desc=f"{row} seed {seed}")
+            except FloatingPointError as err:  # a diverged seed is a result, not a crash
+                final = {"failed": str(err)}
+                if dist.is_main:
+                    atomic_write_json(final, run_dir / "final.json")
+                    log(f"[{exp.name}] {row} seed {seed}: FAILED ({err})")
+                continue
             if dist.is_main:
                 shown = ", ".join(f"{k}={final[k]:.4g}" for k, _ in exp.columns
                                   if isinstance(final.get(k), int | float))

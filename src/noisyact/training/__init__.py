@@ -5,10 +5,12 @@ Arrows point one way: experiments -> training -> library core.
 
 from .checkpoint import atomic_save, load_checkpoint
 from .distributed import DistInfo, setup_distributed
+from .optim import GravesRMSprop
 from .trainer import Task, TrainConfig, train
 
 __all__ = [
     "DistInfo",
+    "GravesRMSprop",
     "Task",
     "TrainConfig",
     "atomic_save",

@@ -22,6 +22,7 @@ class RowResult:
     curves: list[list[dict[str, Any]]] = field(default_factory=list)
 
     def values(self, key: str) -> list[float]:
+        """``key`` of every finished seed that has it (failed seeds have none)."""
         return [float(f[key]) for f in self.finals if f.get(key) is not None]
 
 
@@ -60,7 +61,8 @@ def results_table(results: Sequence[RowResult], columns: Sequence[tuple[str, str
         head += [f"{label} (ours)", f"{label} (paper)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rr in results:
-        cells = [rr.row, str(len(rr.finals))]
+        failed = sum(1 for f in rr.finals if f.get("failed"))
+        cells = [rr.row, f"{len(rr.finals)} ({failed} failed)" if failed else str(len(rr.finals))]
         for key, _ in columns:
             cells += [mean_std(rr.values(key)), paper.get(rr.row, {}).get(key, "—")]
         lines.append("| " + " | ".join(cells) + " |")

@@ -26,6 +26,10 @@ from ..anneal import NoiseAnnealer
 from ..convert import param_groups
 from .checkpoint import atomic_save, atomic_write_json, atomic_write_text, load_checkpoint
 from .distributed import DistInfo, all_ranks_equal
+from .optim import GravesRMSprop
+
+
+OPTIMIZERS = ("adam", "sgd", "rmsprop-graves")
 
 
 @dataclass
@@ -34,9 +38,10 @@ class TrainConfig:
 
     steps: int
     lr: float = 1e-3
-    optimizer: str = "adam"  # "adam" or "sgd"
+    optimizer: str = "adam"  # "adam", "sgd" or "rmsprop-graves"
     weight_decay: float = 0.0
     clip: float = 5.0  # max gradient norm; 0 disables
+    clip_value: float = 0.0  # clip every gradient component to ±clip_value first; 0 disables
     eval_every: int = 100
     ckpt_every: int = 100
     log_every: int = 10
@@ -45,8 +50,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        for name in ("clip", "clip_value"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("eval_every", "ckpt_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -73,7 +81,9 @@ class Task(Protocol):
 
     # Optional: ``state_dict()``/``load_state_dict()`` for state carried across batches (the
     # hidden state of a language model), saved in checkpoints; ``tokens_per_step`` for
-    # throughput.
+    # throughput; ``after_step(model, step) -> dict | None`` run after every update (adaptive
+    # curricula: what it returns is logged; a task whose ``finished`` turns true ends training);
+    # ``summarize(history) -> dict`` of extra final metrics computed from the logged records.
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -95,6 +105,17 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 def _param_checksum(model: nn.Module) -> float:
     return float(sum(p.detach().double().sum().item() for p in model.parameters()))
+
+
+def make_optimizer(name: str, groups: Any, lr: float) -> torch.optim.Optimizer:
+    """``adam``, ``sgd`` (plain, as Zaremba) or ``rmsprop-graves`` (Graves 2013)."""
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr)
+    if name == "rmsprop-graves":
+        return GravesRMSprop(groups, lr=lr)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
 def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo | None = None,
@@ -123,10 +144,7 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
     torch.manual_seed(cfg.seed)
     model = task.build_model().to(dist.device)
     groups = param_groups(model, cfg.weight_decay)
-    opt: torch.optim.Optimizer = (
-        torch.optim.Adam(groups, lr=cfg.lr) if cfg.optimizer == "adam"
-        else torch.optim.SGD(groups, lr=cfg.lr)
-    )
+    opt = make_optimizer(cfg.optimizer, groups, cfg.lr)
     annealer = task.annealer(model)
     step, history, running = 0, [], 0.0
     if resume and ckpt_path.exists():
@@ -172,10 +190,11 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
                          "task": task.state_dict() if hasattr(task, "state_dict") else None,
                          "config": asdict(cfg)}, ckpt_path)
 
+    after_step = getattr(task, "after_step", None)
     show = progress and dist.is_main and sys.stderr.isatty()
     train_time, timed_steps, start_step = 0.0, 0, step
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not show, leave=False)
-    while step < cfg.steps:
+    while step < cfg.steps and not getattr(task, "finished", False):
         if stop_at is not None and step >= stop_at:
             bar.close()
             return {"stopped_at": step}
@@ -190,6 +209,8 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
             raise FloatingPointError(f"loss is {loss.item()} at step {step} ({desc})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.clip_value > 0:
+            nn.utils.clip_grad_value_(model.parameters(), cfg.clip_value)
         gnorm = (nn.utils.clip_grad_norm_(model.parameters(), cfg.clip) if cfg.clip > 0
                  else torch.tensor(0.0))
         opt.step()
@@ -209,11 +230,16 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
             log(rec)
             bar.set_postfix(loss=f"{running / cfg.log_every:.3f}")
             running = 0.0
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if after_step is not None and (extra := after_step(model, step)):
+            log({"step": step, **extra})
+        done = step == cfg.steps or bool(getattr(task, "finished", False))
+        if step % cfg.eval_every == 0 or done:
             metrics = task.evaluate(model, "valid") if dist.is_main else {}
             log({"step": step, **{f"valid_{k}": v for k, v in metrics.items()}})
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+        if step % cfg.ckpt_every == 0 or done:
             checkpoint()
+        if done:
+            break
     bar.close()
     in_sync = all_ranks_equal(_param_checksum(model), dist)
     final: dict[str, Any] = {"steps": step, "world_size": dist.world_size,
@@ -221,6 +247,9 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
     tokens = getattr(task, "tokens_per_step", None)
     if tokens and timed_steps:  # throughput of this process's training steps (not evaluation)
         final["train_tokens_per_s"] = tokens * dist.world_size * timed_steps / train_time
+    summarize = getattr(task, "summarize", None)
+    if dist.is_main and summarize is not None:
+        final.update(summarize(history))
     if dist.is_main:
         final.update({f"test_{k}": v for k, v in task.evaluate(model, "test").items()})
         final.update({f"valid_{k}": v for k, v in task.evaluate(model, "valid").items()})
