@@ -131,7 +131,7 @@ def test_make_harder_order():
 @settings(max_examples=40, deadline=None)
 def test_accuracy_counts_ties_as_correct(row, target):
     logits = torch.tensor([[row]])
-    nll, correct, counted = lte.masked_counts(logits, torch.tensor([[target]]))
+    _nll, correct, counted = lte.masked_counts(logits, torch.tensor([[target]]))
     assert counted == 1 and correct == int(row[target] >= max(row))
     assert lte.masked_counts(logits, torch.tensor([[0]]))[1:] == (0, 0)
 

@@ -39,13 +39,13 @@ BITS, CHANNELS, ITEM_LEN = 6, 8, 3
 _COMMON = {"min_items": 2, "max_items": 6, "controller": "lstm", "hidden": 100, "reads": 1,
            "memory_slots": 128, "memory_width": 20, "variant": "NAN", "c0": 30.0,
            "c_floor": 0.5, "anneal_every": 200.0, "curriculum": True, "batch_size": 32,
-           "valid_size": 512, "solved_nll": 0.1, "log_every": 50, "rows": list(ROWS)}
+           "valid_size": 512, "solved_nll": 0.1, "compile": True, "log_every": 50, "rows": list(ROWS)}
 
 PRESETS = {
     "smoke": {**_COMMON, "max_items": 3, "hidden": 16, "memory_slots": 16, "memory_width": 8,
               "batch_size": 8, "valid_size": 32, "steps": 12, "eval_every": 6, "ckpt_every": 6,
               "log_every": 3, "anneal_every": 1.0, "optimizer": "adam", "lr": 1e-3,
-              "clip": 50.0, "clip_value": 0.0, "seeds": 1},
+              "clip": 50.0, "clip_value": 0.0, "compile": False, "seeds": 1},
     "quick": {**_COMMON, "steps": 3000, "eval_every": 100, "ckpt_every": 250,
               "anneal_every": 1.0, "optimizer": "adam", "lr": 1e-3, "clip": 50.0,
               "clip_value": 0.0, "seeds": 3},
@@ -109,7 +109,8 @@ class RecallTask(BaseTask):
         c = self.cfg
         return NTM(CHANNELS, CHANNELS, c["controller"], c["hidden"],
                    noisy=self.row != "regular", variant=c["variant"],
-                   memory_size=(c["memory_slots"], c["memory_width"]), reads=c["reads"])
+                   memory_size=(c["memory_slots"], c["memory_width"]), reads=c["reads"],
+                   compile_step=c["compile"])
 
     def annealer(self, model: nn.Module) -> NoiseAnnealer | None:
         if self.row == "regular":

@@ -55,7 +55,7 @@ class Program:
         """The value Python prints for this program (our own generated code only)."""
         printed: list[int] = []
         code = "\n".join((*self.lines, f"print({self.expr})"))
-        exec(code, {"__builtins__": {"range": range, "print": printed.append}})  # noqa: S102
+        exec(code, {"__builtins__": {"range": range, "print": printed.append}})
         if len(printed) != 1 or not isinstance(printed[0], int):
             raise AssertionError(f"program printed {printed!r}:\n{code}")
         return printed[0]

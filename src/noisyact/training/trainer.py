@@ -28,7 +28,6 @@ from .checkpoint import atomic_save, atomic_write_json, atomic_write_text, load_
 from .distributed import DistInfo, all_ranks_equal
 from .optim import GravesRMSprop
 
-
 OPTIMIZERS = ("adam", "sgd", "rmsprop-graves")
 
 
