@@ -13,6 +13,7 @@ _MODULES = {
     "ptb": "ptb",
     "learning-to-execute": "learning_to_execute",
     "associative-recall": "associative_recall",
+    "translation": "translation",
 }
 DEFAULT = "unique-count"
 
