@@ -14,6 +14,7 @@ _MODULES = {
     "learning-to-execute": "learning_to_execute",
     "associative-recall": "associative_recall",
     "translation": "translation",
+    "captioning": "captioning",
 }
 DEFAULT = "unique-count"
 

@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
@@ -69,6 +70,38 @@ def pad(seqs: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
         ids[: len(s), b] = torch.tensor(s, dtype=torch.long)
         mask[: len(s) + 1, b] = 1
     return ids, mask
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int, seed: int) -> list[list[int]]:
+    """dl4mt's iterator order: shuffle, sort windows of batch × 20 by length, cut into batches
+    (each of similar lengths), shuffle the batches."""
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(lengths), generator=gen).tolist()
+    batches = []
+    for lo in range(0, len(order) - batch_size + 1, batch_size * 20):
+        window = sorted(order[lo: lo + batch_size * 20], key=lambda i: lengths[i])
+        batches += [window[k: k + batch_size] for k in range(0, len(window) - batch_size + 1,
+                                                             batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+class EpochBatches:
+    """The batches of each epoch (re-shuffled per epoch and seed), one epoch cached."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int) -> None:
+        if len(lengths) < batch_size:
+            raise ValueError(f"{len(lengths)} training examples are fewer than batch_size="
+                             f"{batch_size}")
+        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
+        self.per_epoch = len(length_sorted_batches(self.lengths, batch_size, 0))
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def __call__(self, step: int) -> list[int]:
+        epoch = step // self.per_epoch
+        if self._cache is None or self._cache[0] != epoch:
+            self._cache = (epoch, length_sorted_batches(self.lengths, self.batch_size,
+                                                        self.seed * 1_000_003 + epoch))
+        return self._cache[1][step % self.per_epoch]
 
 
 def tanh_unit(row_kind: str, features: int, c: float | None = None) -> nn.Module:
@@ -159,7 +192,7 @@ def beam_search(step: StepFn, state: State, k: int, max_len: int,
                 new_live.append([*live[h], w])
                 new_scores.append(float(cand[idx]))
         if len(finished) >= k or not new_live:
-            live = []
+            live, scores = [], torch.zeros(0)
             break
         live, scores = new_live, torch.tensor(new_scores)
         index = torch.tensor(keep, device=state[0].device)
@@ -230,6 +263,22 @@ def row_kind(row: str) -> str:
     return row.split("-")[0]
 
 
-__all__ = ["EOS", "UNK", "Vocab", "beam_search", "bleu", "greedy", "load_model_of",
-           "masked_attention", "orthogonal_", "pad", "plot_attention", "row_kind",
-           "sigmoid_unit", "tanh_unit", "tokenize"]
+__all__ = [
+    "EOS",
+    "UNK",
+    "EpochBatches",
+    "Vocab",
+    "beam_search",
+    "bleu",
+    "greedy",
+    "length_sorted_batches",
+    "load_model_of",
+    "masked_attention",
+    "orthogonal_",
+    "pad",
+    "plot_attention",
+    "row_kind",
+    "sigmoid_unit",
+    "tanh_unit",
+    "tokenize",
+]

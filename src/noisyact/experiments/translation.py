@@ -195,11 +195,10 @@ class TranslationTask(BaseTask):
         if key not in self._cache:
             self._cache[key] = self._prepare()
         self.src_vocab, self.tgt_vocab, self.data, self.refs = self._cache[key]
-        n_batches = max(1, len(self.data["train"]) // cfg["batch_size"])
-        self.steps_per_epoch = n_batches
+        self.batches = s2s.EpochBatches([len(p[1]) for p in self.data["train"]],
+                                        cfg["batch_size"], seed)
         mean_len = sum(len(p[1]) + 1 for p in self.data["train"]) / len(self.data["train"])
         self.tokens_per_step = round(cfg["batch_size"] * mean_len)  # target words (mean)
-        self._epoch_cache: tuple[int, list[list[int]]] | None = None
 
     def _prepare(self) -> Any:
         c = self.cfg
@@ -226,23 +225,8 @@ class TranslationTask(BaseTask):
     def build_model(self) -> nn.Module:
         return NMT(len(self.src_vocab), len(self.tgt_vocab), self.cfg, s2s.row_kind(self.row))
 
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        """dl4mt's iterator: shuffle, then sort windows of batch × 20 pairs by target length."""
-        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            B = self.cfg["batch_size"]
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(len(self.data["train"]), generator=gen).tolist()
-            batches = []
-            for lo in range(0, len(order) - B + 1, B * 20):
-                window = sorted(order[lo: lo + B * 20], key=lambda i: len(self.data["train"][i][1]))
-                batches += [window[k: k + B] for k in range(0, len(window) - B + 1, B)]
-            perm = torch.randperm(len(batches), generator=gen).tolist()
-            self._epoch_cache = (epoch, [batches[i] for i in perm])
-        return self._epoch_cache[1]
-
     def batch(self, step: int, rank: int, world_size: int) -> tuple[Tensor, ...]:
-        batches = self._epoch_batches(step // self.steps_per_epoch)
-        idx = batches[step % len(batches)]
+        idx = self.batches(step)
         idx = idx[rank * len(idx) // world_size: (rank + 1) * len(idx) // world_size]
         return self._tensors([self.data["train"][i] for i in idx])
 
@@ -313,9 +297,9 @@ class Translation(Experiment):
                     continue
                 src, m = s2s.pad([source])
                 ids, alphas = s2s.greedy(model.step, model.start(src, m), 1, cfg["max_out"])
-                words = t.tgt_vocab.decode(ids[0]) + ["<eos>"]
+                words = [*t.tgt_vocab.decode(ids[0]), "<eos>"]
                 alpha = torch.stack([a[0] for a in alphas[: len(words)]])
-                panels.append((row, alpha, task.src_vocab.decode(source) + ["<eos>"], words))
+                panels.append((row, alpha, [*task.src_vocab.decode(source), "<eos>"], words))
             if panels:
                 path = s2s.plot_attention(out_dir / f"attention{k}.png", panels)
                 lines.append(f"![attention, test sentence {k}]({path.name})")
