@@ -51,7 +51,7 @@ PRESETS = {
     "smoke": {**_COMMON, "n_train": 120, "n_valid": 16, "n_test": 16, "image_size": 16,
               "dim_word": 12, "dim": 16, "att_dim": 8, "batch_size": 8, "steps": 10,
               "eval_every": 5, "ckpt_every": 5, "log_every": 2, "max_out": 12},
-    "quick": {**_COMMON, "steps": 1500, "eval_every": 250, "ckpt_every": 250},
+    "quick": {**_COMMON, "att_dim": 64, "steps": 1200, "eval_every": 300, "ckpt_every": 300},
     # arctic-captions' train() on Flickr8k: 1000 LSTM units, word 100, Graves RMSProp, batch 16
     "paper": {**_COMMON, "dataset": "flickr8k", "dim_word": 100, "dim": 1000, "att_dim": 512,
               "batch_size": 16, "optimizer": "rmsprop-graves", "lr": 1e-4, "clip": 0.0,
