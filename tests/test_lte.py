@@ -126,8 +126,8 @@ def test_make_harder_order():
     assert levels == [(L, N) for N in (1, 2, 3) for L in range(1, 7)]
 
 
-@given(st.lists(st.floats(-5, 5, allow_nan=False), min_size=4, max_size=4),
-       st.integers(1, 3))
+@given(st.lists(st.integers(-8, 8).map(lambda k: k / 4), min_size=4, max_size=4),
+       st.integers(1, 3))  # quarter steps: exact ties, and differences float32 keeps
 @settings(max_examples=40, deadline=None)
 def test_accuracy_counts_ties_as_correct(row, target):
     logits = torch.tensor([[row]])

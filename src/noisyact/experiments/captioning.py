@@ -174,7 +174,7 @@ def load_flickr8k(data_dir: str) -> dict[str, tuple[Tensor, list[list[str]]]]:
         if missing:
             raise ValueError(f"{len(missing)} {split} images lack features or captions, e.g. "
                              f"{missing[0]}")
-        out[split] = (saved["features"][[index[n] for n in names]].float(),
+        out[split] = (saved["features"][[index[n] for n in names]],  # kept as saved (fp16)
                       [caps[n] for n in names])
     return out
 
@@ -251,7 +251,7 @@ class CaptionTask(BaseTask):
                               dropout, encoder)
 
     def _tensors(self, split: str, pairs: list[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor]:
-        images = self.inputs[split][[i for i, _ in pairs]]
+        images = self.inputs[split][[i for i, _ in pairs]].float()
         caps, mask = s2s.pad([self.ids[split][i][j] for i, j in pairs])
         return images, caps, mask
 
@@ -288,7 +288,7 @@ class CaptionTask(BaseTask):
         images = self.inputs[split] if which is None else self.inputs[split][which]
         hyps: list[list[str]] = []
         for lo in range(0, len(images), 128):
-            state = model.start(images[lo: lo + 128].to(dev))
+            state = model.start(images[lo: lo + 128].float().to(dev))
             if self.cfg["beam"] > 1:
                 for b in range(state[0].shape[0]):
                     one = tuple(s[b: b + 1] for s in state)
@@ -342,7 +342,7 @@ class Captioning(Experiment):
                 continue
             examples = []
             for k in range(min(3, len(task.inputs["test"]))):
-                image = task.inputs["test"][k: k + 1]
+                image = task.inputs["test"][k: k + 1].float()
                 ids, alphas = s2s.greedy(model.step, model.start(image), 1, cfg["max_out"])
                 words = [*task.vocab.decode(ids[0]), "<eos>"]
                 examples.append((image[0] if cfg["dataset"] == "synthetic" else None, words,

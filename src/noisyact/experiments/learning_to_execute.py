@@ -21,12 +21,14 @@ model that learn in minutes here; ``smoke`` a few steps for tests.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..rnn import NoisyLSTM
+from ..training.report import collect, plot_curves
 from . import programs
 from .base import BaseTask, Experiment
 
@@ -230,6 +232,13 @@ class ExecuteTask(BaseTask):
 class LearningToExecute(Experiment):
     def make_task(self, row: str, cfg: dict[str, Any], seed: int) -> ExecuteTask:
         return ExecuteTask(row, cfg, seed)
+
+    def figures(self, out_dir: Path, cfg: dict[str, Any]) -> list[str]:
+        """Fig. 8's analogue: training accuracy (running, per data pass) over updates."""
+        results = collect(out_dir, list(cfg.get("rows") or self.rows))
+        png = plot_curves(results, "train_acc", "training accuracy % (current level)",
+                          out_dir / "train-accuracy.png", title="Fig. 8 analogue")
+        return [] if png is None else [f"![training accuracy]({png.name})"]
 
     def train_config(self, cfg: dict[str, Any], seed: int):  # evaluation is the curriculum's
         return super().train_config({**cfg, "eval_every": cfg["steps"],
