@@ -5,7 +5,8 @@ attention: h_0, c_0 = tanh(W ā); at step t, e_ti = uᵀ tanh(W_a a_i + W_d h_{t
 α_t = softmax_i, ẑ_t = β_t Σ_i α_ti a_i with the selector β_t = σ(w h_{t−1}); an LSTM on
 [E y_{t−1}; ẑ_t]; deep output tanh(L_h h_t + E y_{t−1} + L_z ẑ_t) → dropout → softmax. Cost: per
 caption Σ_t −log p, batch mean, plus λ Σ_i (1 − Σ_t α_ti)² (doubly stochastic attention; padded
-steps masked, per example, as the paper writes it). Every sigmoid and tanh is the row's unit:
+steps masked, per example, as the paper writes it; λ = ``alpha_c``, 0 as in arctic's
+``train()`` defaults, 1 in its COCO script). Every sigmoid and tanh is the row's unit:
 ``reference`` (dropout 0.5), ``NAH``, ``NAH-nodrop`` (NAH without dropout), ``NANI``
 (σ = c = 0.05) and ``NANIL`` (c = 0.5), the rows of Table 3. Dropout is PyTorch's inverted
 dropout (the Theano code scales at test time instead: the same in expectation).
@@ -43,7 +44,8 @@ ROW_C = {"NANI": 0.05, "NANIL": 0.5}  # Table 3's caption; NAH keeps the library
 
 _COMMON = {"dataset": "synthetic", "data_dir": "", "image_size": 32, "max_objects": 2,
            "n_train": 6000, "n_valid": 1000, "n_test": 1000, "vocab": 10000, "dim_word": 64,
-           "dim": 256, "att_dim": 128, "dropout": 0.5, "alpha_c": 1.0, "selector": True,
+           "dim": 256, "att_dim": 128, "init_std": 0.01, "dropout": 0.5, "alpha_c": 0.0,
+           "selector": True,
            "batch_size": 32, "optimizer": "adam", "lr": 1e-3, "clip": 5.0, "beam": 1,
            "max_out": 30, "log_every": 25, "rows": list(ROWS), "seeds": 1}
 
@@ -51,7 +53,9 @@ PRESETS = {
     "smoke": {**_COMMON, "n_train": 120, "n_valid": 16, "n_test": 16, "image_size": 16,
               "dim_word": 12, "dim": 16, "att_dim": 8, "batch_size": 8, "steps": 10,
               "eval_every": 5, "ckpt_every": 5, "log_every": 2, "max_out": 12},
-    "quick": {**_COMMON, "att_dim": 64, "steps": 1200, "eval_every": 300, "ckpt_every": 300},
+    # 0.1·N instead of arctic's 0.01·N for the non-recurrent matrices: see translation's quick
+    "quick": {**_COMMON, "att_dim": 64, "init_std": 0.1, "steps": 1200, "eval_every": 300,
+              "ckpt_every": 300},
     # arctic-captions' train() on Flickr8k: 1000 LSTM units, word 100, Graves RMSProp, batch 16
     "paper": {**_COMMON, "dataset": "flickr8k", "dim_word": 100, "dim": 1000, "att_dim": 512,
               "batch_size": 16, "optimizer": "rmsprop-graves", "lr": 1e-4, "clip": 0.0,
@@ -96,7 +100,7 @@ class ShowAttendTell(nn.Module):
         self.out_act = s2s.tanh_unit(kind, W, c)
         self.drop = nn.Dropout(dropout)
         self.readout = nn.Linear(W, n_words)
-        with torch.no_grad():  # U orthogonal, the rest as norm_weight; W_a 0.01·N (arctic)
+        with torch.no_grad():  # U orthogonal, the rest init_std·N (arctic: 0.01, W_a included)
             for name, p in self.named_parameters():
                 if name.endswith(".p") or name.startswith("encoder"):
                     continue
@@ -105,7 +109,7 @@ class ShowAttendTell(nn.Module):
                 elif "weight_hh" in name:
                     s2s.orthogonal_(p)
                 else:
-                    p.normal_(0, 0.01)
+                    p.normal_(0, cfg["init_std"])
 
     def start(self, images: Tensor) -> s2s.State:
         a = self.encoder(images)
