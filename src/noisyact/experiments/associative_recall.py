@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..anneal import InverseSqrt, NoiseAnnealer
-from .base import BaseTask, Experiment
+from .base import BaseTask, Experiment, batch_generator
 from .ntm import NTM
 
 ROWS = ("regular", "noisy-annealed")
@@ -133,7 +133,7 @@ class RecallTask(BaseTask):
         return max(c["min_items"], min(ub, c["max_items"]))
 
     def batch(self, step: int, rank: int, world_size: int) -> tuple[Tensor, Tensor, Tensor]:
-        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 131 + rank)
+        gen = batch_generator(self.seed, step, rank)
         ub = self.upper_bound(step, world_size)
         counts = torch.randint(self.cfg["min_items"], ub + 1, (self.cfg["batch_size"],),
                                generator=gen).tolist()
@@ -167,12 +167,8 @@ class RecallTask(BaseTask):
         return {"updates_to_solve": hit[0] if hit else None, "solved": 1.0 if hit else 0.0}
 
 
-class AssociativeRecall(Experiment):
-    def make_task(self, row: str, cfg: dict[str, Any], seed: int) -> RecallTask:
-        return RecallTask(row, cfg, seed)
-
-
-EXPERIMENT = AssociativeRecall(
+EXPERIMENT = Experiment(
+    task=RecallTask,
     name="associative-recall",
     description=(
         "§6.6b / Fig. 9: NTM associative recall, regular vs noisy annealed controller. "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,12 @@ from ..training.report import collect, plot_curves, results_table, write_results
 from ..training.trainer import TrainConfig, train
 
 PRESETS = ("smoke", "quick", "paper")
+
+
+def batch_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The generator of one training batch: a pure function of (run seed, step, rank), so a
+    resumed run draws exactly the batches of an uninterrupted one."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 131 + rank)
 
 
 class BaseTask:
@@ -54,7 +60,7 @@ class ClassificationTask(BaseTask):
 class Experiment:
     """A paper experiment: presets (smoke, quick, paper), rows, metrics and the paper's numbers.
 
-    Subclasses implement :meth:`make_task` and may add figures in :meth:`figures`.
+    ``task`` builds the task of a (row, seed); subclasses may add figures in :meth:`figures`.
     """
 
     name: str
@@ -65,9 +71,13 @@ class Experiment:
     curve: tuple[str, str]  # (metrics.jsonl key, label) plotted against updates
     paper: dict[str, dict[str, str]] = field(default_factory=dict)
     notes: str = ""
+    task: Callable[[str, dict[str, Any], int], Any] | None = None  # (row, cfg, seed) -> task
 
     def make_task(self, row: str, cfg: dict[str, Any], seed: int) -> Any:
-        raise NotImplementedError
+        """The task of one (row, seed)."""
+        if self.task is None:
+            raise NotImplementedError(f"{self.name}: no task class")
+        return self.task(row, cfg, seed)
 
     def train_config(self, cfg: dict[str, Any], seed: int) -> TrainConfig:
         keys = TrainConfig.__dataclass_fields__.keys()
@@ -189,5 +199,14 @@ def write_report(exp: Experiment, out_dir: Path, cfg: dict[str, Any] | None = No
     return write_results(out_dir, f"{exp.name}: results", body)
 
 
-__all__ = ["PRESETS", "BaseTask", "ClassificationTask", "DistInfo", "Experiment",
-           "parse_overrides", "run_experiment", "write_report"]
+__all__ = [
+    "PRESETS",
+    "BaseTask",
+    "ClassificationTask",
+    "DistInfo",
+    "Experiment",
+    "batch_generator",
+    "parse_overrides",
+    "run_experiment",
+    "write_report",
+]

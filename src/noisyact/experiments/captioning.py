@@ -332,9 +332,6 @@ def plot_caption_attention(path: Path, examples: list[tuple[Tensor | None, list[
 
 
 class Captioning(Experiment):
-    def make_task(self, row: str, cfg: dict[str, Any], seed: int) -> CaptionTask:
-        return CaptionTask(row, cfg, seed)
-
     def figures(self, out_dir: Path, cfg: dict[str, Any]) -> list[str]:
         """Attention maps of each row's seed-0 model on three test images."""
         rows = list(cfg.get("rows") or self.rows)
@@ -358,6 +355,7 @@ class Captioning(Experiment):
 
 
 EXPERIMENT = Captioning(
+    task=CaptionTask,
     name="captioning",
     description=(
         "§6.5 / Table 3: Show, Attend and Tell with soft attention. quick/smoke run on a "

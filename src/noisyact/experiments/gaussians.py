@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..modules import NoisyHardTanh
 from ..training.checkpoint import load_checkpoint
-from .base import ClassificationTask, Experiment
+from .base import ClassificationTask, Experiment, batch_generator
 
 ROWS = ("tanh", "NAN", "NAH")
 MEANS = ((-2.0, -1.0), (2.0, -1.0), (0.0, 2.0))
@@ -65,7 +65,7 @@ class GaussiansTask(ClassificationTask):
         return mlp(self.row, c["hidden"], c["layers"], c["alpha"], c["c"])
 
     def batch(self, step: int, rank: int, world_size: int) -> tuple[Tensor, Tensor]:
-        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 131 + rank)
+        gen = batch_generator(self.seed, step, rank)
         idx = torch.randint(0, self.cfg["n_train"], (self.cfg["batch_size"],), generator=gen)
         return self.train_set[0][idx], self.train_set[1][idx]
 
@@ -89,9 +89,6 @@ def _unit_curves(model: nn.Sequential, derivative: bool) -> list[tuple[Tensor, T
 
 
 class Gaussians(Experiment):
-    def make_task(self, row: str, cfg: dict[str, Any], seed: int) -> GaussiansTask:
-        return GaussiansTask(row, cfg, seed)
-
     def figures(self, out_dir: Path, cfg: dict[str, Any]) -> list[str]:
         import matplotlib
 
@@ -125,6 +122,7 @@ class Gaussians(Experiment):
 
 
 EXPERIMENT = Gaussians(
+    task=GaussiansTask,
     name="gaussians",
     description=(
         "§6.1: 3-layer MLP (8 units per layer) on a mixture of three 2-D Gaussians, tanh vs "

@@ -230,9 +230,6 @@ class ExecuteTask(BaseTask):
 
 
 class LearningToExecute(Experiment):
-    def make_task(self, row: str, cfg: dict[str, Any], seed: int) -> ExecuteTask:
-        return ExecuteTask(row, cfg, seed)
-
     def figures(self, out_dir: Path, cfg: dict[str, Any]) -> list[str]:
         """Fig. 8's analogue: training accuracy (running, per data pass) over updates."""
         results = collect(out_dir, list(cfg.get("rows") or self.rows))
@@ -246,6 +243,7 @@ class LearningToExecute(Experiment):
 
 
 EXPERIMENT = LearningToExecute(
+    task=ExecuteTask,
     name="learning-to-execute",
     description=(
         "§6.2 / Table 1: Learning to Execute (Zaremba & Sutskever 2014). 2-layer LSTM, "

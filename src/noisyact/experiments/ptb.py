@@ -213,9 +213,6 @@ class PTBTask(BaseTask):
 
 
 class PTB(Experiment):
-    def make_task(self, row: str, cfg: dict[str, Any], seed: int) -> PTBTask:
-        return PTBTask(row, cfg, seed)
-
     def train_config(self, cfg: dict[str, Any], seed: int):  # steps come from the data
         task = self.make_task(cfg["rows"][0] if cfg.get("rows") else ROWS[0], cfg, seed)
         eval_every = max(1, task.steps_per_epoch)
@@ -224,6 +221,7 @@ class PTB(Experiment):
 
 
 EXPERIMENT = PTB(
+    task=PTBTask,
     name="ptb",
     description=(
         "§6.3 / Table 2: word-level LSTM language model on the Penn Treebank (Zaremba small: "

@@ -283,9 +283,6 @@ class TranslationTask(BaseTask):
 
 
 class Translation(Experiment):
-    def make_task(self, row: str, cfg: dict[str, Any], seed: int) -> TranslationTask:
-        return TranslationTask(row, cfg, seed)
-
     def figures(self, out_dir: Path, cfg: dict[str, Any]) -> list[str]:
         """Attention of each row's seed-0 model on the first three test sentences."""
         rows = list(cfg.get("rows") or self.rows)
@@ -311,6 +308,7 @@ class Translation(Experiment):
 
 
 EXPERIMENT = Translation(
+    task=TranslationTask,
     name="translation",
     description=(
         "§6.4 / Table 4: attention NMT (dl4mt: bidirectional GRU encoder, conditional GRU "

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..anneal import InverseSqrt, NoiseAnnealer
 from ..rnn import NoisyLSTM
-from .base import ClassificationTask, Experiment
+from .base import ClassificationTask, Experiment, batch_generator
 
 ROWS = ("reference", "hard", "NAN", "curriculum", "NAN-annealed", "NANIL-annealed", "NAH")
 
@@ -107,16 +107,12 @@ class UniqueCountTask(ClassificationTask):
         return round(c["curriculum_min"] + f * (c["length"] - c["curriculum_min"]))
 
     def batch(self, step: int, rank: int, world_size: int) -> tuple[Tensor, Tensor]:
-        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 131 + rank)
+        gen = batch_generator(self.seed, step, rank)
         return make_batch(self.cfg["batch_size"], self.length_at(step), self.cfg["vocab"], gen)
 
 
-class UniqueCount(Experiment):
-    def make_task(self, row: str, cfg: dict[str, Any], seed: int) -> UniqueCountTask:
-        return UniqueCountTask(row, cfg, seed)
-
-
-EXPERIMENT = UniqueCount(
+EXPERIMENT = Experiment(
+    task=UniqueCountTask,
     name="unique-count",
     description=(
         "§6.6a / Table 5: number of distinct values in 26 integers from {0..10}; LSTM + "
