@@ -117,6 +117,8 @@ def test_curriculum_strategies():
     assert abs(frac_not_current - 0.2 * 17 / 18) < 0.02
     with pytest.raises(ValueError, match="strategy"):
         P.strategy_hardness("random", rng, cur, tgt)
+    assert P.strategy_hardness("none", rng, cur, tgt)() == tgt  # the papers' names
+    assert {P.strategy_hardness("combined", rng, cur, tgt)() for _ in range(200)} > {cur}
 
 
 def test_make_harder_order():

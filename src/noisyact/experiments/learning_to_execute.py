@@ -99,9 +99,10 @@ class ExecuteTask(BaseTask):
     _test_cache: ClassVar[dict[tuple[Any, ...], tuple[Tensor, Tensor]]] = {}
 
     def __init__(self, row: str, cfg: dict[str, Any], seed: int) -> None:
-        if cfg["strategy"] not in programs.STRATEGIES:
-            raise ValueError(f"strategy must be one of {programs.STRATEGIES}, "
-                             f"got {cfg['strategy']!r}")
+        strategy = programs.ALIASES.get(cfg["strategy"], cfg["strategy"])
+        if strategy not in programs.STRATEGIES:
+            raise ValueError(f"strategy must be one of {programs.STRATEGIES} (or "
+                             f"{sorted(programs.ALIASES)}), got {cfg['strategy']!r}")
         for key in ("target_length", "target_nesting"):
             if cfg[key] < 1:
                 raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
@@ -109,7 +110,7 @@ class ExecuteTask(BaseTask):
         self.target = (cfg["target_length"], cfg["target_nesting"])
         self.tokens_per_step = cfg["batch_size"] * cfg["bptt"]
         # the curriculum's state (saved in checkpoints); the data is regenerated from it
-        start = self.target if cfg["strategy"] in ("baseline", "mix") else (1, 1)
+        start = self.target if strategy in ("baseline", "mix") else (1, 1)
         self.level: tuple[int, int] = start
         self.train_seed = self.valid_seed = 1 + 1_000_003 * seed
         self.lr_scale = 1.0

@@ -33,6 +33,7 @@ SYMBOLS = " #()*+-.0123456789:;<=>@abcdefghijlnoprstx"
 VOCAB = {ch: i + 1 for i, ch in enumerate(SYMBOLS)}  # 0 = "no target"
 VOCAB_SIZE = len(SYMBOLS) + 1
 STRATEGIES = ("baseline", "naive", "mix", "blend")
+ALIASES = {"none": "baseline", "combined": "blend", "mixed": "mix"}  # the papers' names
 SPLITS = {"train": 0, "valid": 1, "test": 2}
 
 Hardness = Callable[[], tuple[int, int]]
@@ -148,11 +149,14 @@ def strategy_hardness(strategy: str, rng: random.Random, current: tuple[int, int
                       target: tuple[int, int]) -> Hardness:
     """``hardness()`` of a curriculum strategy (``strategies.lua``).
 
-    baseline: the target; naive: the current level; mix: uniform up to the target in each
-    coordinate; blend (the paper's "combined"): mix with probability 1/5, else naive.
+    baseline (the papers' "no curriculum", alias ``none``): the target; naive: the current
+    level; mix (``mixed``): uniform up to the target in each coordinate; blend (``combined``,
+    the noisy paper's choice): mix with probability 1/5, else naive.
     """
+    strategy = ALIASES.get(strategy, strategy)
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        raise ValueError(f"strategy must be one of {STRATEGIES} (or {sorted(ALIASES)}), "
+                         f"got {strategy!r}")
 
     def mix() -> tuple[int, int]:
         return rng.randint(1, target[0]), rng.randint(1, target[1])
@@ -227,6 +231,6 @@ def make_split(split: str, hardness: Hardness, seed: int, length: int, columns: 
     return pack(stream, length, columns)
 
 
-__all__ = ["SPLITS", "STRATEGIES", "SYMBOLS", "VOCAB", "VOCAB_SIZE", "Program",
+__all__ = ["ALIASES", "SPLITS", "STRATEGIES", "SYMBOLS", "VOCAB", "VOCAB_SIZE", "Program",
            "ProgramGenerator", "encode", "make_harder", "make_split", "pack", "split_of",
            "strategy_hardness"]
