@@ -218,7 +218,8 @@ def bleu(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequ
     n_refs = max(len(r) for r in references)
     streams = [[" ".join(r[i]) if i < len(r) else None for r in references]
                for i in range(n_refs)]
-    metric = BLEU(max_ngram_order=max_order, tokenize="13a")
+    # our hypotheses and references are already tokenised: force skips sacrebleu's warning
+    metric = BLEU(max_ngram_order=max_order, tokenize="13a", force=True)
     return float(metric.corpus_score([" ".join(h) for h in hypotheses], streams).score)
 
 
