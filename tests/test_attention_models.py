@@ -142,7 +142,7 @@ def test_nmt_teacher_forced_nll_equals_stepwise_scores():
 
 def test_translation_smoke_pipeline(tmp_path):
     out = run_experiment(get("translation"), "smoke", out=tmp_path / "mt", progress=False,
-                         overrides=[f"data_dir={FIXTURE}", "rows=reference,NAH"],
+                         overrides=[f"data_dir={FIXTURE}", "rows=reference,NAH", "eval_size=12"],
                          log=lambda *a: None)
     final = json.loads((out / "NAH" / "seed0" / "final.json").read_text())
     for key in ("valid_nll", "test_bleu", "test_bleu_beam", "train_tokens_per_s"):

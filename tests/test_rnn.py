@@ -250,3 +250,22 @@ def test_inside_a_compiled_model():
     model.train()
     compiled(x)[0].sum().backward()
     assert model[1].noise_l0.gate.p.grad is not None
+
+
+def test_compiled_kernels_survive_train_eval_and_batches_of_one(recwarn):
+    """Regression: training, eval (no noise tensor) and one-sentence decoding used to pile up
+    recompiles of one compiled kernel until Dynamo's limit, which switched every fused kernel of
+    the process to eager mode (a silent slowdown)."""
+    noisyact.set_fused_mode("compile")
+    torch.manual_seed(0)
+    with torch._dynamo.config.patch(recompile_limit=2):
+        gru = noisyact.NoisyGRU(3, 4, variant="NAH")
+        for batch in (5, 1, 3):
+            gru.train()
+            out, _ = gru(torch.randn(2, batch, 3, requires_grad=True))
+            out.sum().backward()
+            gru.eval()
+            with torch.no_grad():
+                gru(torch.randn(2, batch, 3))
+    assert noisyact.fused_mode() == "compile"
+    assert not [w for w in recwarn if "eagerly" in str(w.message)]

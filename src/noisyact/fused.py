@@ -199,13 +199,21 @@ def _clone(fn: Callable[..., Any]) -> Callable[..., Any]:
 def run_kernel(kernel: Callable[..., Any], *args: Any, static: tuple[Any, ...] = ()) -> Any:
     """Run a pure tensor function ``kernel(*args, *static)``, compiled in ``"compile"`` mode.
 
-    Each combination of the ``static`` arguments (variant codes) gets its own compiled copy with
-    dynamic shapes, so that neither variants nor batch sizes exhaust Dynamo's recompile limit. If
+    Each combination of the ``static`` arguments (variant codes), of absent tensor arguments and
+    of batches of one gets its own compiled copy with dynamic shapes, so that neither variants,
+    modes nor batch sizes exhaust Dynamo's recompile limit. If
     compilation fails (no working compiler), warn once and run every kernel eagerly from then on:
     the numbers are the same, only slower.
     """
     if _state["mode"] == "compile":
-        key = (kernel, static)
+        # Kernels run inside autograd Functions: no input needs grad tracking, and detaching
+        # keeps requires_grad and view bases out of Dynamo's guards. Absent tensors (no noise in
+        # eval) and batches of one (which Dynamo specialises) get their own compiled copies, so
+        # train, eval and one-sentence decoding never exhaust the recompile limit.
+        args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
+        shape = tuple(None if a is None else (a.dim() > 0 and a.shape[0] == 1)
+                      for a in args if a is None or isinstance(a, Tensor))
+        key = (kernel, static, shape)
         compiled = _state["compiled"].get(key)
         if compiled is None:
             compiled = torch.compile(_clone(kernel), dynamic=True, fullgraph=True)
