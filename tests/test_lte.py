@@ -150,9 +150,12 @@ def test_curriculum_makes_harder_then_decays_lr_then_stops():
     assert task.level == (1, 1)
     seed = task.train_seed
     task.stored = [0.5]
+    with torch.no_grad():
+        task.loss(model, task.batch(0, 0, 1))
     rec = task.after_step(model, check)
     assert rec["length"] == 1 and task.level == (2, 1) and task.train_seed == seed + 1
-    assert task.stored == [0.0] and task.pos == 0  # list cleared, then this check stored
+    # the list was cleared, then this check's training accuracy stored
+    assert task.stored == [rec["train_acc"] / 100] and task.pos == 0
     task.after_step(model, check + task.cfg["check_every"])  # at the target: lr × 0.8
     assert task.level == (2, 1) and task.lr_scale == pytest.approx(0.8)
     assert task.lr_at(0, 0.5) == pytest.approx(0.4)
@@ -166,9 +169,13 @@ def test_curriculum_makes_harder_when_training_accuracy_falls():
     model = task.build_model()
     task.evaluate = lambda m, split: {"acc": 10.0, "nll": 1.0}
     task.stored = [0.9, 0.1, 0.1, 0.1]  # only 4 stored: no decision yet
+    with torch.no_grad():
+        task.loss(model, task.batch(0, 0, 1))
     task.after_step(model, task.cfg["check_at"])
     assert task.level == (1, 1) and len(task.stored) == 5
-    task.after_step(model, task.cfg["check_at"] + task.cfg["check_every"])  # 0.9 > current 0
+    with torch.no_grad():
+        task.loss(model, task.batch(1, 0, 1))
+    task.after_step(model, task.cfg["check_at"] + task.cfg["check_every"])  # 0.9 > current
     assert task.level == (2, 1)
 
 
@@ -193,3 +200,26 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert lines == (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
     assert any('"test_acc"' in line for line in lines)
+
+
+def test_passes_stay_aligned_after_the_curriculum_restarts_the_data():
+    """Regression: restarting the data at a make-harder check shifted the pass boundaries so
+    that later checks fell on a fresh pass with nothing counted (a 0 % training accuracy that
+    then triggered the make-harder rule again)."""
+    cfg = _smoke(pass_steps=10, check_every=5, check_at=2, steps=40)
+    task = lte.ExecuteTask("reference", cfg, 0)
+    model = task.build_model()
+    verdicts = iter([99.0] + [10.0] * 20)  # make harder at the first check only
+    task.evaluate = lambda m, split: {"acc": next(verdicts) if split == "valid" else 0.0,
+                                      "nll": 0.0}
+    restarts, records = [], []
+    for step in range(1, 41):
+        with torch.no_grad():
+            task.loss(model, task.batch(step - 1, 0, 1))
+        if (rec := task.after_step(model, step)) is not None:
+            records.append(rec)
+        if task.pos == 0:
+            restarts.append(step)
+    assert restarts == [2, 10, 20, 30, 40]  # the make-harder check, then every pass_steps
+    assert task.level == (2, 1)
+    assert all("train_acc" in r for r in records) and len(records) == 8

@@ -168,19 +168,24 @@ class ExecuteTask(BaseTask):
     def after_step(self, model: nn.Module, step: int) -> dict[str, Any] | None:
         c = self.cfg
         self.pos += c["bptt"]
-        if self.pos + c["bptt"] + 1 > self.train[0].shape[0]:  # the pass wraps: new data
+        # A pass is pass_steps updates, counted from step 0 as the original's epochs, so passes
+        # stay aligned with the checks (step ≡ check_at) even after the curriculum restarts the
+        # data mid-pass; the position test only guards the end of the data.
+        if step % c["pass_steps"] == 0 or self.pos + c["bptt"] + 1 > self.train[0].shape[0]:
             self.train_seed += 1
             self._regenerate()
         if step % c["check_every"] != c["check_at"] % c["check_every"]:
             return None
         correct, counted = _all_reduce([self.correct, self.counted])
-        train_acc = correct / max(1, counted)
         valid, test = self.evaluate(model, "valid"), self.evaluate(model, "test")
-        record = {"train_acc": 100 * train_acc, "valid_acc": valid["acc"],
-                  "test_acc": test["acc"], "length": self.level[0], "nesting": self.level[1],
-                  "lr": c["lr"] * self.lr_scale}
-        if valid["acc"] > 100 * c["target_acc"] or (
-                len(self.stored) >= 5 and self.stored[-5] > train_acc):
+        record = {"valid_acc": valid["acc"], "test_acc": test["acc"], "length": self.level[0],
+                  "nesting": self.level[1], "lr": c["lr"] * self.lr_scale}
+        train_acc = correct / counted if counted else None  # None: nothing scored yet
+        if train_acc is not None:
+            record["train_acc"] = 100 * train_acc
+        falling = (train_acc is not None and len(self.stored) >= 5
+                   and self.stored[-5] > train_acc)
+        if valid["acc"] > 100 * c["target_acc"] or falling:
             self.train_seed += 1
             self.valid_seed += 1
             harder = programs.make_harder(self.level, self.target)
@@ -191,7 +196,8 @@ class ExecuteTask(BaseTask):
                 self.level = harder
             self._regenerate()
             self.stored = []
-        self.stored.append(train_acc)
+        if train_acc is not None:
+            self.stored.append(train_acc)
         return record
 
     def state_dict(self) -> dict[str, Any]:
