@@ -26,6 +26,11 @@ def batch_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 131 + rank)
 
 
+def detach_state(state: Any) -> Any:
+    """A recurrent state cut from the graph (truncated BPTT); None stays None."""
+    return None if state is None else tuple(s.detach() for s in state)
+
+
 class BaseTask:
     """Defaults for the optional parts of :class:`noisyact.training.Task`."""
 

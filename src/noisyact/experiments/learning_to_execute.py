@@ -28,9 +28,10 @@ import torch
 from torch import Tensor, nn
 
 from ..rnn import NoisyLSTM
+from ..training.distributed import sum_across_ranks
 from ..training.report import collect, plot_curves
 from . import programs
-from .base import BaseTask, Experiment
+from .base import BaseTask, Experiment, detach_state
 
 ROWS = ("reference", "NAH", "NAN", "hard")
 
@@ -50,10 +51,6 @@ PRESETS = {
               "steps": 2000, "log_every": 25},
     "paper": dict(_ORIGINAL),
 }
-
-
-def _detach(state: Any) -> Any:
-    return None if state is None else tuple(s.detach() for s in state)
 
 
 class ExecutorModel(nn.Module):
@@ -83,14 +80,6 @@ def masked_counts(logits: Tensor, y: Tensor) -> tuple[Tensor, int, int]:
     target = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     correct = (target >= logp.amax(-1)) & mask
     return -(target * mask).sum(), int(correct.sum()), int(mask.sum())
-
-
-def _all_reduce(values: list[int]) -> list[int]:
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    torch.distributed.all_reduce(t)
-    return [int(v) for v in t.tolist()]
 
 
 class ExecuteTask(BaseTask):
@@ -159,7 +148,7 @@ class ExecuteTask(BaseTask):
         x, y = batch
         dev = next(model.parameters()).device
         logits, state = model(x.to(dev), self.state)
-        self.state = _detach(state)
+        self.state = detach_state(state)
         nll, correct, counted = masked_counts(logits, y.to(dev))
         self.correct += correct
         self.counted += counted
@@ -176,7 +165,7 @@ class ExecuteTask(BaseTask):
             self._regenerate()
         if step % c["check_every"] != c["check_at"] % c["check_every"]:
             return None
-        correct, counted = _all_reduce([self.correct, self.counted])
+        correct, counted = sum_across_ranks([self.correct, self.counted])
         valid, test = self.evaluate(model, "valid"), self.evaluate(model, "test")
         record = {"valid_acc": valid["acc"], "test_acc": test["acc"], "length": self.level[0],
                   "nesting": self.level[1], "lr": c["lr"] * self.lr_scale}

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..rnn import NoisyLSTM
-from .base import BaseTask, Experiment
+from .base import BaseTask, Experiment, detach_state
 
 ROWS = ("reference", "hard", "NAN", "NAH")
 SPLITS = ("train", "valid", "test")
@@ -134,10 +134,6 @@ class LanguageModel(nn.Module):
         return self.out(self.drop(h)), state
 
 
-def _detach(state: Any) -> Any:
-    return None if state is None else tuple(s.detach() for s in state)
-
-
 class PTBTask(BaseTask):
     _cache: ClassVar[dict[str, Any]] = {}
 
@@ -183,7 +179,7 @@ class PTBTask(BaseTask):
         if new_epoch:
             self.state = None
         logits, state = model(x.to(dev), self.state)
-        self.state = _detach(state)
+        self.state = detach_state(state)
         # Zaremba's objective: the sum over the bptt steps of the batch-mean NLL (with lr 1)
         nll = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                           y.to(dev).reshape(-1))

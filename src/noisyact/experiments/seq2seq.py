@@ -93,7 +93,9 @@ class EpochBatches:
             raise ValueError(f"{len(lengths)} training examples are fewer than batch_size="
                              f"{batch_size}")
         self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
-        self.per_epoch = len(length_sorted_batches(self.lengths, batch_size, 0))
+        n, window = len(self.lengths), batch_size * 20  # as length_sorted_batches cuts them
+        self.per_epoch = sum(min(window, n - lo) // batch_size
+                             for lo in range(0, n - batch_size + 1, window))
         self._cache: tuple[int, list[list[int]]] | None = None
 
     def __call__(self, step: int) -> list[int]:

@@ -57,6 +57,18 @@ def all_ranks_equal(value: float, info: DistInfo) -> bool:
     return bool(t[0].item() == value and -t[1].item() == value)
 
 
+def sum_across_ranks(values: list[int]) -> list[int]:
+    """Element-wise sum of integer counts over all ranks (the values themselves when not
+    distributed); the tensor lives where the backend needs it (CUDA for nccl)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    dev = (torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl"
+           else torch.device("cpu"))
+    t = torch.tensor(values, dtype=torch.float64, device=dev)
+    dist.all_reduce(t)
+    return [int(v) for v in t.tolist()]
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
