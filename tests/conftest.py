@@ -17,10 +17,11 @@ def _fused_eager_by_default():
 
     Tests of the compiled kernels set the mode themselves.
     """
-    old = noisyact.fused_mode()
+    old, old_source = noisyact.fused_mode(), noisyact.noise_source()
     noisyact.set_fused_mode("eager")
     yield
     noisyact.set_fused_mode(old)
+    noisyact.set_noise_source(old_source)
 
 
 @pytest.fixture(params=["off", "eager"])

@@ -7,6 +7,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import noisyact
 from noisyact import functional as F
+from noisyact.noise import draw_keys, normal_like
 from noisyact.rnn import NoisyGRU, NoisyGRUCell, NoisyLSTM, NoisyLSTMCell
 
 PAIRS = [(NoisyLSTM, nn.LSTM), (NoisyGRU, nn.GRU)]
@@ -75,14 +76,26 @@ def _reference_gru_layer(x, w_ih, w_hh, b_ih, b_hh, p, noise, variant, alpha_g, 
     return torch.stack(outs)
 
 
+def _layer_noise(source, T, B, units, seed):
+    """The ξ a fused layer draws from ``Generator().manual_seed(seed)``: one counter-noise key
+    per step (source "kernel") or torch.randn for all steps ("torch")."""
+    gen = torch.Generator().manual_seed(seed)
+    if source == "torch":
+        return torch.randn(T, B, units, dtype=torch.float64, generator=gen)
+    keys = draw_keys(T, gen, torch.device("cpu"))
+    return torch.stack([normal_like((B, units), k) for k in keys]).double()
+
+
 @pytest.mark.parametrize(
-    "mode,variant,kind",
-    [("eager", v, k) for v in ("NAN", "NAH", "NANIL") for k in ("LSTM", "GRU")]
-    + [("compile", "NAH", "LSTM"), ("compile", "NANIL", "GRU")],
+    "mode,variant,kind,source",
+    [("eager", v, k, "kernel") for v in ("NAN", "NAH", "NANIL") for k in ("LSTM", "GRU")]
+    + [("eager", "NAH", "LSTM", "torch"), ("eager", "NAN", "GRU", "torch")]
+    + [("compile", "NAH", "LSTM", "kernel"), ("compile", "NANIL", "GRU", "kernel")],
 )
-def test_fused_layer_equals_reference_loop(mode, variant, kind):
+def test_fused_layer_equals_reference_loop(mode, variant, kind, source):
     """Forward and hand-written backward of the fused layer = autograd through the equations."""
     noisyact.set_fused_mode(mode)
+    noisyact.set_noise_source(source)
     torch.manual_seed(0)
     T, B, I, H = 6, 3, 4, 5
     cls = NoisyLSTM if kind == "LSTM" else NoisyGRU
@@ -93,8 +106,7 @@ def test_fused_layer_equals_reference_loop(mode, variant, kind):
     gy = torch.randn_like(y)
     y.backward(gy)
     acts = m.noise_l0
-    noise = torch.randn(T, B, (5 if kind == "LSTM" else 3) * H, dtype=torch.float64,
-                        generator=torch.Generator().manual_seed(9))
+    noise = _layer_noise(source, T, B, (5 if kind == "LSTM" else 3) * H, 9)
     w_ih = m.weight_ih_l0.detach().clone().requires_grad_()
     w_hh = m.weight_hh_l0.detach().clone().requires_grad_()
     x2 = x.detach().clone().requires_grad_()

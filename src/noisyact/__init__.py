@@ -21,6 +21,7 @@ from .modules import (
     NoisyTanh,
     make_saturating,
 )
+from .noise import noise_source, set_noise_source
 from .registry import create_act_layer, get_act_layer, list_act_layers
 from .rnn import NoisyGRU, NoisyGRUCell, NoisyLSTM, NoisyLSTMCell
 from .saturating import Saturating
@@ -54,9 +55,11 @@ __all__ = [
     "list_act_layers",
     "make_saturating",
     "noise_parameters",
+    "noise_source",
     "noisify",
     "param_groups",
     "register_converter",
     "saturating",
     "set_fused_mode",
+    "set_noise_source",
 ]

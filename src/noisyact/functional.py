@@ -43,6 +43,7 @@ from torch import Tensor
 from . import fused
 from ._validation import check_hyperparameters, check_variant
 from .fused import compute_dtype
+from .noise import draw_keys, noise_source, normal_like
 from .saturating import HARD_SIGMOID, HARD_TANH, SIGMOID, TANH, Saturating
 
 __all__ = [
@@ -126,7 +127,16 @@ def broadcast_p(p: Tensor, x: Tensor, dim: int) -> Tensor:
 
 
 def draw_noise(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """ξ ~ N(0, 1) with the shape, dtype and device of x (contiguous, in x's logical order)."""
+    """ξ ~ N(0, 1) with the shape, dtype and device of x (contiguous, in x's logical order).
+
+    Eagerly :func:`torch.randn`. Inside a region compiled by ``torch.compile`` with the noise
+    source ``"kernel"`` (default), the counter noise of :mod:`noisyact.noise`, which Inductor
+    generates in parallel inside the fused kernel (its own ``randn`` lowering runs one Philox
+    stream per element, several times slower on a CPU); with ``fallback_random`` this is the same
+    noise as the eager fused path for the same seed.
+    """
+    if torch.compiler.is_compiling() and noise_source() == "kernel" and x.numel() < 2**31:
+        return normal_like(x.shape, draw_keys(1, generator, x.device)[0]).to(x.dtype)
     return torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
 
 

@@ -1,15 +1,20 @@
-r"""Fused path for the output-noise variants (NAN, NAH) of the hard functions.
+r"""Fused path for the hard functions (NAN, NAH and the input-noise variants NANI, NANIL, NANIS).
 
 Written plainly, Algorithm 1 is about ten element-wise passes that each allocate a tensor and are
 saved for backward. Here the same math (Eq. 12, and its derivatives) runs as two kernels inside one
 :class:`torch.autograd.Function`:
 
-* forward: one pass over (x, ξ) → φ;
-* backward: one pass over (grad, x, ξ) → grad_x, with grad_p reduced in the same kernel.
+* forward: one pass over x → φ, with ξ generated inside the kernel;
+* backward: one pass over (grad, x) → grad_x and the per-element ∂φ/∂p · grad, with the same ξ
+  generated again; grad_p is their sum.
 
-Only x and ξ are saved for backward (``recompute_noise=True`` saves only x and redraws ξ from the
-saved generator state). ξ itself is drawn with :func:`torch.randn` exactly as in the reference path,
-so both paths give the same numbers for the same seed or generator.
+ξ is the counter noise of :mod:`noisyact.noise` (noise source ``"kernel"``, default): computed
+per element from its index and a per-call key drawn from the generator, so it costs no memory
+traffic, is parallel on a CPU (:func:`torch.randn` is one sequential stream there), and only x is
+saved for backward. With ``set_noise_source("torch")`` ξ is drawn with :func:`torch.randn` as in
+the reference path (the same numbers for the same seed), read by both kernels and saved for
+backward (``recompute_noise=True`` saves only x and redraws ξ from the saved generator state).
+Given ``noise=`` explicitly, both kernels use it.
 
 The kernels are compiled with :func:`torch.compile` (dynamic shapes) on first use, which needs a
 working compiler (a C++ compiler on CPU, Triton on CUDA); where compilation fails the same kernels
@@ -43,6 +48,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from .noise import draw_keys, noise_source, normal_like
 
 __all__ = [
     "constants",
@@ -175,17 +182,24 @@ def unit_backward(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor, code:
     return value, dx, h_z * xif * sigma_z * delta
 
 
-def _forward_kernel(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor, code: int,
-                    half: bool) -> Tensor:
-    return unit_forward(x, p, xi, c, hp, code, half).to(x.dtype)
+def _noise(x: Tensor, xi: Tensor | None, key: Tensor | None) -> Tensor:
+    """The given ξ, or ξ generated in the kernel from ``key`` (:mod:`noisyact.noise`)."""
+    if xi is not None:
+        return xi
+    assert key is not None
+    return normal_like(x.shape, key)
 
 
-def _backward_kernel(g: Tensor, x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor,
-                     code: int, half: bool) -> tuple[Tensor, Tensor]:
-    _, dx, dp = unit_backward(x, p, xi, c, hp, code, half)
+def _forward_kernel(x: Tensor, p: Tensor, xi: Tensor | None, key: Tensor | None, c: Tensor,
+                    hp: Tensor, code: int, half: bool) -> Tensor:
+    return unit_forward(x, p, _noise(x, xi, key), c, hp, code, half).to(x.dtype)
+
+
+def _backward_kernel(g: Tensor, x: Tensor, p: Tensor, xi: Tensor | None, key: Tensor | None,
+                     c: Tensor, hp: Tensor, code: int, half: bool) -> tuple[Tensor, Tensor]:
+    _, dx, dp = unit_backward(x, p, _noise(x, xi, key), c, hp, code, half)
     gf = g.to(dx.dtype)
-    gp = (gf * dp).sum(dim=(0, 2), keepdim=True)
-    return (gf * dx).to(x.dtype), gp.to(p.dtype)
+    return (gf * dx).to(x.dtype), gf * dp
 
 
 def _clone(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -196,12 +210,29 @@ def _clone(fn: Callable[..., Any]) -> Callable[..., Any]:
     return clone
 
 
-def run_kernel(kernel: Callable[..., Any], *args: Any, static: tuple[Any, ...] = ()) -> Any:
+#: Inductor settings for kernels that should be one loop nest: never store an intermediate (the
+#: heuristics that do so on reuse or on long expressions would add a full-size buffer and a
+#: second pass over memory, and the counter noise makes every expression long).
+_INLINE_OPTIONS = {"realize_opcount_threshold": 1 << 20, "realize_acc_reads_threshold": 1 << 20,
+                   "realize_reads_threshold": 1 << 20}
+
+
+def _compile(kernel: Callable[..., Any], inline: bool) -> Callable[..., Any]:
+    import torch._inductor.config as inductor_config
+
+    options = {k: v for k, v in _INLINE_OPTIONS.items() if hasattr(inductor_config, k)}
+    return torch.compile(_clone(kernel), dynamic=True, fullgraph=True,
+                         options=options if inline else None)
+
+
+def run_kernel(kernel: Callable[..., Any], *args: Any, static: tuple[Any, ...] = (),
+               inline: bool = False) -> Any:
     """Run a pure tensor function ``kernel(*args, *static)``, compiled in ``"compile"`` mode.
 
     Each combination of the ``static`` arguments (variant codes), of absent tensor arguments and
     of batches of one gets its own compiled copy with dynamic shapes, so that neither variants,
-    modes nor batch sizes exhaust Dynamo's recompile limit. If
+    modes nor batch sizes exhaust Dynamo's recompile limit. ``inline`` compiles the kernel as one
+    loop nest without intermediate buffers (:data:`_INLINE_OPTIONS`). If
     compilation fails (no working compiler), warn once and run every kernel eagerly from then on:
     the numbers are the same, only slower.
     """
@@ -213,10 +244,10 @@ def run_kernel(kernel: Callable[..., Any], *args: Any, static: tuple[Any, ...] =
         args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
         shape = tuple(None if a is None else (a.dim() > 0 and a.shape[0] == 1)
                       for a in args if a is None or isinstance(a, Tensor))
-        key = (kernel, static, shape)
+        key = (kernel, static, shape, inline)
         compiled = _state["compiled"].get(key)
         if compiled is None:
-            compiled = torch.compile(_clone(kernel), dynamic=True, fullgraph=True)
+            compiled = _compile(kernel, inline)
             _state["compiled"][key] = compiled
         try:
             return compiled(*args, *static)
@@ -246,31 +277,32 @@ def _default_generator(device: torch.device) -> torch.Generator:
 
 
 class _NoisyUnit(torch.autograd.Function):
+    """ξ is either given (``xi3``), regenerated from a saved generator state (``regen``), or
+    generated inside both kernels from ``key`` (nothing but x is saved)."""
+
     @staticmethod
-    def forward(ctx, x3, p3, xi3, c, hp, regen, code, half):  # type: ignore[override]
-        out = run_kernel(_forward_kernel, x3, p3, xi3, c, hp, static=(code, half))
+    def forward(ctx, x3, p3, xi3, key, c, hp, regen, code, half):  # type: ignore[override]
+        out = run_kernel(_forward_kernel, x3, p3, xi3, key, c, hp, static=(code, half),
+                         inline=True)
         ctx.code, ctx.half = code, half
-        if regen is None:
-            ctx.save_for_backward(x3, p3, xi3, c, hp)
-        else:
-            ctx.save_for_backward(x3, p3, c, hp)
+        saved_xi = xi3 if regen is None else None
+        ctx.save_for_backward(x3, p3, saved_xi, key, c, hp)
         ctx.regen = regen
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        if ctx.regen is None:
-            x3, p3, xi3, c, hp = ctx.saved_tensors
-        else:
-            x3, p3, c, hp = ctx.saved_tensors
+        x3, p3, xi3, key, c, hp = ctx.saved_tensors
+        if ctx.regen is not None:
             state, device = ctx.regen
             gen = torch.Generator(device=device)
             gen.set_state(state)
             xi3 = torch.randn(x3.shape, dtype=x3.dtype, device=x3.device, generator=gen)
-        gx, gp = run_kernel(_backward_kernel, grad.contiguous(), x3, p3, xi3, c, hp,
-                            static=(ctx.code, ctx.half))
-        return gx, gp, None, None, None, None, None, None
+        gx, gp = run_kernel(_backward_kernel, grad.contiguous(), x3, p3, xi3, key, c, hp,
+                            static=(ctx.code, ctx.half), inline=True)
+        gp = gp.sum(dim=(0, 2), keepdim=True).to(p3.dtype)
+        return gx, gp, None, None, None, None, None, None, None
 
 
 def noisy_unit(
@@ -286,7 +318,11 @@ def noisy_unit(
     noise: Tensor | None = None,
     recompute_noise: bool = False,
 ) -> Tensor:
-    """Training-mode φ for ``h = a + b·clamp(kx)``; arguments as in ``noisy_activation``."""
+    """Training-mode φ for ``h = a + b·clamp(kx)``; arguments as in ``noisy_activation``.
+
+    Without ``noise``, ξ comes from :func:`noisyact.noise.counter_normal` inside the kernels
+    (noise source ``"kernel"``) or from :func:`torch.randn` (``"torch"``).
+    """
     if p is None:  # NANI, NANIS: σ does not use p
         p = torch.zeros(1, dtype=compute_dtype(x.dtype), device=x.device)
     if p.numel() == 1:
@@ -295,12 +331,16 @@ def noisy_unit(
         d = dim % x.dim()
         shape3 = (math.prod(x.shape[:d]), p.numel(), math.prod(x.shape[d + 1:]))
     p3 = p.reshape(1, -1, 1)
-    regen = None
-    if noise is None:
-        if recompute_noise:
-            gen = generator if generator is not None else _default_generator(x.device)
-            regen = (gen.get_state(), x.device)
-        noise = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+    regen = key = xi3 = None
+    if noise is None and noise_source() == "kernel" and x.numel() < 2**31:
+        key = draw_keys(1, generator, x.device)[0]
+    else:
+        if noise is None:
+            if recompute_noise:
+                gen = generator if generator is not None else _default_generator(x.device)
+                regen = (gen.get_state(), x.device)
+            noise = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+        xi3 = noise.to(x.dtype).contiguous().view(shape3)
     cdt = compute_dtype(x.dtype)
     c_t = (
         c.detach().to(device=x.device, dtype=cdt).reshape(())
@@ -309,6 +349,5 @@ def noisy_unit(
     )
     hp = constants(float(alpha), *affine, cdt, x.device)
     x3 = x.contiguous().view(shape3)
-    xi3 = noise.to(x.dtype).contiguous().view(shape3)
-    out = _NoisyUnit.apply(x3, p3, xi3, c_t, hp, regen, *unit_code(variant))
+    out = _NoisyUnit.apply(x3, p3, xi3, key, c_t, hp, regen, *unit_code(variant))
     return out.view(x.shape)

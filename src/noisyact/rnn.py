@@ -39,6 +39,7 @@ from . import fused
 from .functional import HALF_NORMAL_MEAN, VARIANTS
 from .fused import compute_dtype, constants, run_kernel, unit_backward, unit_code, unit_forward
 from .modules import HardSigmoid, NoisyHardSigmoid, NoisyHardTanh
+from .noise import draw_keys, noise_source, normal_like
 from .saturating import HARD_SIGMOID, HARD_TANH
 
 __all__ = ["KINDS", "NoisyGRU", "NoisyGRUCell", "NoisyLSTM", "NoisyLSTMCell"]
@@ -133,10 +134,20 @@ def gru_step(acts: RecurrentUnits, gi: Tensor, gh: Tensor, h_prev: Tensor) -> Te
 # Fused kernels: one pass per time step over all units of a layer (pure tensor functions).
 
 
-def _lstm_fwd(pre: Tensor, c_prev: Tensor, xi: Tensor, pg: Tensor, pc: Tensor, po: Tensor,
-              cg: Tensor, cc: Tensor, co: Tensor, hg: Tensor, hc: Tensor, ho: Tensor,
-              kg: int, sg: bool, kc: int, sc: bool, ko: int, so: bool) -> tuple[Tensor, Tensor]:
+def _step_noise(xi: Tensor | None, key: Tensor | None, like: Tensor, units: int) -> Tensor:
+    """ξ of one step, (B, units): the given slice, or generated in the kernel from ``key``."""
+    if xi is not None:
+        return xi
+    assert key is not None
+    return normal_like((like.shape[0], units), key)
+
+
+def _lstm_fwd(pre: Tensor, c_prev: Tensor, xi: Tensor | None, key: Tensor | None, pg: Tensor,
+              pc: Tensor, po: Tensor, cg: Tensor, cc: Tensor, co: Tensor, hg: Tensor, hc: Tensor,
+              ho: Tensor, kg: int, sg: bool, kc: int, sc: bool, ko: int,
+              so: bool) -> tuple[Tensor, Tensor]:
     H = c_prev.shape[-1]
+    xi = _step_noise(xi, key, pre, 5 * H)
     i = unit_forward(pre[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
     f = unit_forward(pre[:, H:2 * H], pg[H:2 * H], xi[:, H:2 * H], cg, hg, kg, sg)
     g = unit_forward(pre[:, 2 * H:3 * H], pc, xi[:, 3 * H:4 * H], cc, hc, kc, sc)
@@ -146,11 +157,12 @@ def _lstm_fwd(pre: Tensor, c_prev: Tensor, xi: Tensor, pg: Tensor, pc: Tensor, p
     return h.to(pre.dtype), c.to(pre.dtype)
 
 
-def _lstm_bwd(dh: Tensor, dc: Tensor, pre: Tensor, c_prev: Tensor, xi: Tensor, pg: Tensor,
-              pc: Tensor, po: Tensor, cg: Tensor, cc: Tensor, co: Tensor, hg: Tensor, hc: Tensor,
-              ho: Tensor, kg: int, sg: bool, kc: int, sc: bool, ko: int,
-              so: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _lstm_bwd(dh: Tensor, dc: Tensor, pre: Tensor, c_prev: Tensor, xi: Tensor | None,
+              key: Tensor | None, pg: Tensor, pc: Tensor, po: Tensor, cg: Tensor, cc: Tensor,
+              co: Tensor, hg: Tensor, hc: Tensor, ho: Tensor, kg: int, sg: bool, kc: int, sc: bool,
+              ko: int, so: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     H = c_prev.shape[-1]
+    xi = _step_noise(xi, key, pre, 5 * H)
     i, di_x, di_p = unit_backward(pre[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
     f, df_x, df_p = unit_backward(pre[:, H:2 * H], pg[H:2 * H], xi[:, H:2 * H], cg, hg, kg, sg)
     g, dg_x, dg_p = unit_backward(pre[:, 2 * H:3 * H], pc, xi[:, 3 * H:4 * H], cc, hc, kc, sc)
@@ -169,20 +181,23 @@ def _lstm_bwd(dh: Tensor, dc: Tensor, pre: Tensor, c_prev: Tensor, xi: Tensor, p
             (d_t * dt_p).sum(0))
 
 
-def _gru_fwd(gi: Tensor, gh: Tensor, h_prev: Tensor, xi: Tensor, pg: Tensor, pc: Tensor,
-             cg: Tensor, cc: Tensor, hg: Tensor, hc: Tensor, kg: int, sg: bool, kc: int,
-             sc: bool) -> Tensor:
+def _gru_fwd(gi: Tensor, gh: Tensor, h_prev: Tensor, xi: Tensor | None, key: Tensor | None,
+             pg: Tensor, pc: Tensor, cg: Tensor, cc: Tensor, hg: Tensor, hc: Tensor, kg: int,
+             sg: bool, kc: int, sc: bool) -> Tensor:
     H = h_prev.shape[-1]
+    xi = _step_noise(xi, key, gi, 3 * H)
     r = unit_forward(gi[:, :H] + gh[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
     z = unit_forward(gi[:, H:2 * H] + gh[:, H:2 * H], pg[H:], xi[:, H:2 * H], cg, hg, kg, sg)
     n = unit_forward(gi[:, 2 * H:] + r * gh[:, 2 * H:], pc, xi[:, 2 * H:], cc, hc, kc, sc)
     return ((1.0 - z) * n + z * h_prev.to(z.dtype)).to(gi.dtype)
 
 
-def _gru_bwd(dh: Tensor, gi: Tensor, gh: Tensor, h_prev: Tensor, xi: Tensor, pg: Tensor,
-             pc: Tensor, cg: Tensor, cc: Tensor, hg: Tensor, hc: Tensor, kg: int, sg: bool,
-             kc: int, sc: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _gru_bwd(dh: Tensor, gi: Tensor, gh: Tensor, h_prev: Tensor, xi: Tensor | None,
+             key: Tensor | None, pg: Tensor, pc: Tensor, cg: Tensor, cc: Tensor, hg: Tensor,
+             hc: Tensor, kg: int, sg: bool, kc: int,
+             sc: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     H = h_prev.shape[-1]
+    xi = _step_noise(xi, key, gi, 3 * H)
     r, dr_x, dr_p = unit_backward(gi[:, :H] + gh[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
     z, dz_x, dz_p = unit_backward(gi[:, H:2 * H] + gh[:, H:2 * H], pg[H:], xi[:, H:2 * H], cg, hg,
                                   kg, sg)
@@ -221,6 +236,11 @@ def _unit_spec(m: nn.Module, n: int, like: Tensor) -> tuple[Any, ...] | None:
     return None
 
 
+def _at(noise: Tensor | None, keys: Tensor | None, t: int) -> tuple[Tensor | None, Tensor | None]:
+    """(ξ, key) of step t: one of them is None."""
+    return (None if noise is None else noise[t]), (None if keys is None else keys[t])
+
+
 def _step_mask(mask: Tensor | None, t: int) -> Tensor | None:
     return None if mask is None else mask[t]
 
@@ -233,29 +253,46 @@ def _advance(m: Tensor | None, new: tuple[Tensor, ...],
     return tuple(torch.where(m, n, o) for n, o in zip(new, old, strict=True)), new[0] * m
 
 
+def _recurrent_weight_grad(d_pre: Tensor, h_prev: list[Tensor], out: Tensor,
+                           mask: Tensor | None) -> Tensor:
+    """Σ_t d_pre[t]ᵀ h_{t−1} as GEMMs; without a mask the outputs are the states, so
+    h_1 .. h_{T−1} are ``out[:-1]`` and nothing is stacked."""
+    G, H = d_pre.shape[-1], h_prev[0].shape[-1]
+    if mask is not None:
+        return d_pre.reshape(-1, G).t() @ torch.stack(h_prev).reshape(-1, H)
+    d_w = d_pre[0].t() @ h_prev[0]
+    if d_pre.shape[0] > 1:
+        d_w = d_w.addmm_(d_pre[1:].reshape(-1, G).t(), out[:-1].reshape(-1, H))
+    return d_w
+
+
 class _LSTMLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xp, h0, c0, w_hh, pg, pc, po, consts, codes, noise, mask):  # type: ignore[override]
+    def forward(ctx, xp, h0, c0, w_hh, pg, pc, po, consts, codes, noise, keys, mask):  # type: ignore[override]
         T = xp.shape[0]
         w_t = w_hh.to(xp.dtype).t()
         h, c = h0.to(xp.dtype), c0.to(xp.dtype)
-        hs, pres, h_prev, c_prev = [], [], [], []
+        # pre-activations written in place (no stack); states kept as lists for the backward
+        pres = xp.new_empty(T, xp.shape[1], w_hh.shape[0])
+        hs, h_prev, c_prev = [], [], []
         for t in range(T):
             h_prev.append(h)
             c_prev.append(c)
-            pre = torch.addmm(xp[t], h, w_t)
-            pres.append(pre)
-            new = run_kernel(_lstm_fwd, pre, c, noise[t], pg, pc, po, *consts, static=codes)
+            torch.addmm(xp[t], h, w_t, out=pres[t])
+            new = run_kernel(_lstm_fwd, pres[t], c, *_at(noise, keys, t), pg, pc, po, *consts,
+                             static=codes)
             (h, c), out = _advance(_step_mask(mask, t), new, (h, c))
             hs.append(out)
-        pres, h_prev, c_prev = torch.stack(pres), torch.stack(h_prev), torch.stack(c_prev)
-        ctx.save_for_backward(pres, h_prev, c_prev, w_hh, pg, pc, po, *consts, noise, mask)
+        out = torch.stack(hs)
+        ctx.save_for_backward(pres, out, w_hh, pg, pc, po, *consts, noise, keys, mask)
+        ctx.h_prev, ctx.c_prev = h_prev, c_prev
         ctx.codes = codes
-        return torch.stack(hs), h, c
+        return out, h, c
 
     @staticmethod
     def backward(ctx, d_hs, d_h, d_c):  # type: ignore[override]
-        pres, h_prev, c_prev, w_hh, pg, pc, po, *consts, noise, mask = ctx.saved_tensors
+        pres, out, w_hh, pg, pc, po, *consts, noise, keys, mask = ctx.saved_tensors
+        h_prev, c_prev = ctx.h_prev, ctx.c_prev
         T = pres.shape[0]
         w = w_hh.to(pres.dtype)
         d_pres = [pres[0]] * T
@@ -271,8 +308,8 @@ class _LSTMLayer(torch.autograd.Function):
                 dh_in = torch.where(m, dh + d_hs[t], 0.0)
                 dc_in = torch.where(m, dc, 0.0)
             dpre, dcp, gpg, gpc, gpo = run_kernel(_lstm_bwd, dh_in, dc_in, pres[t], c_prev[t],
-                                                  noise[t], pg, pc, po, *consts,
-                                                  static=ctx.codes)
+                                                  *_at(noise, keys, t), pg, pc, po, *consts,
+                                                  static=ctx.codes, inline=True)
             d_pres[t] = dpre
             dpg += gpg
             dpc += gpc
@@ -282,36 +319,38 @@ class _LSTMLayer(torch.autograd.Function):
             else:
                 dh = dpre @ w + torch.where(m, 0.0, dh)
                 dc = dcp + torch.where(m, 0.0, dc)
-        H4 = pres.shape[-1]
         d_pres = torch.stack(d_pres)
-        d_w = d_pres.reshape(-1, H4).t() @ h_prev.reshape(-1, h_prev.shape[-1])
+        d_w = _recurrent_weight_grad(d_pres, h_prev, out, mask)
         return (d_pres, dh, dc, d_w.to(w_hh.dtype), dpg.to(pg.dtype), dpc.to(pc.dtype),
-                dpo.to(po.dtype), None, None, None, None)
+                dpo.to(po.dtype), None, None, None, None, None)
 
 
 class _GRULayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gi, h0, w_hh, b_hh, pg, pc, consts, codes, noise, mask):  # type: ignore[override]
+    def forward(ctx, gi, h0, w_hh, b_hh, pg, pc, consts, codes, noise, keys, mask):  # type: ignore[override]
         T = gi.shape[0]
         w_t = w_hh.to(gi.dtype).t()
         b = b_hh.to(gi.dtype)
-        hs, ghs, h_prev = [], [], []
+        ghs = gi.new_empty(T, gi.shape[1], w_hh.shape[0])
+        hs, h_prev = [], []
         h = h0.to(gi.dtype)
         for t in range(T):
             h_prev.append(h)
-            gh = torch.addmm(b, h, w_t)
-            ghs.append(gh)
-            new = run_kernel(_gru_fwd, gi[t], gh, h, noise[t], pg, pc, *consts, static=codes)
+            torch.addmm(b, h, w_t, out=ghs[t])
+            new = run_kernel(_gru_fwd, gi[t], ghs[t], h, *_at(noise, keys, t), pg, pc, *consts,
+                             static=codes)
             (h,), out = _advance(_step_mask(mask, t), (new,), (h,))
             hs.append(out)
-        ghs, h_prev = torch.stack(ghs), torch.stack(h_prev)
-        ctx.save_for_backward(gi, ghs, h_prev, w_hh, b_hh, pg, pc, *consts, noise, mask)
+        out = torch.stack(hs)
+        ctx.save_for_backward(gi, ghs, out, w_hh, b_hh, pg, pc, *consts, noise, keys, mask)
+        ctx.h_prev = h_prev
         ctx.codes = codes
-        return torch.stack(hs), h
+        return out, h
 
     @staticmethod
     def backward(ctx, d_hs, d_h):  # type: ignore[override]
-        gi, ghs, h_prev, w_hh, b_hh, pg, pc, *consts, noise, mask = ctx.saved_tensors
+        gi, ghs, out, w_hh, b_hh, pg, pc, *consts, noise, keys, mask = ctx.saved_tensors
+        h_prev = ctx.h_prev
         T = gi.shape[0]
         w = w_hh.to(gi.dtype)
         d_gi, d_gh = [gi[0]] * T, [ghs[0]] * T
@@ -322,8 +361,8 @@ class _GRULayer(torch.autograd.Function):
             m = _step_mask(mask, t)
             dh_in = dh + d_hs[t] if m is None else torch.where(m, dh + d_hs[t], 0.0)
             dgi, dgh, dh_direct, gpg, gpc = run_kernel(_gru_bwd, dh_in, gi[t], ghs[t], h_prev[t],
-                                                       noise[t], pg, pc, *consts,
-                                                       static=ctx.codes)
+                                                       *_at(noise, keys, t), pg, pc, *consts,
+                                                       static=ctx.codes, inline=True)
             d_gi[t] = dgi
             d_gh[t] = dgh
             dpg += gpg
@@ -334,10 +373,10 @@ class _GRULayer(torch.autograd.Function):
                 dh = dh + carry
         H3 = gi.shape[-1]
         d_gi, d_gh = torch.stack(d_gi), torch.stack(d_gh)
-        d_w = d_gh.reshape(-1, H3).t() @ h_prev.reshape(-1, h_prev.shape[-1])
+        d_w = _recurrent_weight_grad(d_gh, h_prev, out, mask)
         d_b = d_gh.reshape(-1, H3).sum(0)
         return (d_gi, dh, d_w.to(w_hh.dtype), d_b.to(b_hh.dtype), dpg.to(pg.dtype),
-                dpc.to(pc.dtype), None, None, None, None)
+                dpc.to(pc.dtype), None, None, None, None, None)
 
 # ---------------------------------------------------------------------------------------------
 # Layers
@@ -461,17 +500,21 @@ class _NoisyRNNBase(nn.Module):
         b_hh = g(f"bias_hh_l{layer}{sfx}") if self.bias else None
         return g(f"weight_ih_l{layer}{sfx}"), g(f"weight_hh_l{layer}{sfx}"), b_ih, b_hh
 
-    def _noise(self, acts: nn.Module, specs: list[tuple[Tensor, Tensor, Tensor, float]],
-               sizes: list[int], T: int, B: int, like: Tensor) -> Tensor:
-        """ξ for every step and unit (training) or E[ε] expanded without a random op (eval)."""
+    def _noise(self, specs: list[tuple[Any, ...]], sizes: list[int], T: int, B: int,
+               like: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """(ξ, keys) for the fused layer: in training one key per step for the counter noise
+        generated inside the kernels (noise source "kernel") or ξ for every step and unit from
+        :func:`torch.randn` ("torch"); in eval E[ε] expanded, without a random op."""
         total = sum(sizes)
         if self.training and any(float(spec[1]) != 0.0 for spec in specs):
+            if noise_source() == "kernel" and B * total < 2**31:
+                return None, draw_keys(T, self.generator, like.device)
             return torch.randn(T, B, total, dtype=like.dtype, device=like.device,
-                               generator=self.generator)
+                               generator=self.generator), None
         means = torch.cat([torch.full((n,), spec[3], dtype=like.dtype, device=like.device)
                            for n, spec in zip(sizes, specs, strict=True)])
         # materialised (not a stride-0 view) so that the compiled kernels see one layout
-        return means.expand(T, B, total).contiguous()
+        return means.expand(T, B, total).contiguous(), None
 
     def _fused_specs(self, acts: nn.Module, like: Tensor) -> list[Any] | None:
         if fused.fused_mode() == "off" or torch.compiler.is_compiling():
@@ -624,11 +667,11 @@ class NoisyLSTM(_NoisyRNNBase):
         specs = self._fused_specs(acts, xp)
         if specs is not None:
             H = self.hidden_size
-            noise = self._noise(acts, specs, [3 * H, H, H], T, B, xp)
+            noise, keys = self._noise(specs, [3 * H, H, H], T, B, xp)
             consts = [s[1] for s in specs] + [s[2] for s in specs]
             codes = tuple(v for s in specs for v in s[4:])
             return _LSTMLayer.apply(xp, h0, c0, w_hh, specs[0][0], specs[1][0], specs[2][0],
-                                    consts, codes, noise, mask)
+                                    consts, codes, noise, keys, mask)
         h, c = h0, c0
         outs = []
         for t in range(T):
@@ -678,12 +721,12 @@ class NoisyGRU(_NoisyRNNBase):
         specs = self._fused_specs(acts, gi)
         if specs is not None:
             H = self.hidden_size
-            noise = self._noise(acts, specs, [2 * H, H], T, B, gi)
+            noise, keys = self._noise(specs, [2 * H, H], T, B, gi)
             consts = [s[1] for s in specs] + [s[2] for s in specs]
             codes = tuple(v for s in specs for v in s[4:])
             b = b_hh if b_hh is not None else gi.new_zeros(3 * H)
             return _GRULayer.apply(gi, h0, w_hh, b, specs[0][0], specs[1][0], consts, codes,
-                                   noise, mask)
+                                   noise, keys, mask)
         h = h0
         outs = []
         for t in range(T):
