@@ -167,3 +167,22 @@ def test_kernel_noise_is_fresh_per_call_and_seeded():
     torch.manual_seed(0)
     assert torch.equal(F.noisy_hard_tanh(x, p, variant="NAN", training=True), a)
     assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("variant", ["NAN", "NAH", "NANIL"])
+def test_gradcheck_with_noise_regenerated_in_backward(variant):
+    """float64 gradcheck through the counter-noise path: the backward kernel must regenerate
+    exactly the forward's ξ (a fresh generator per call keeps the function deterministic)."""
+    torch.manual_seed(2)
+    # |x| <= 0.5 or 1.5 <= |x| <= 4: with c = 0.3, σ <= c/4 and |ξ| <= 5.9 keep x + σξ (NANIL)
+    # at least 0.06 from the kinks at ±1, far beyond gradcheck's step
+    mag = torch.where(torch.rand(5, 7) < 0.5, torch.rand(5, 7) * 0.5, 1.5 + torch.rand(5, 7) * 2.5)
+    x = (mag * torch.where(torch.rand(5, 7) < 0.5, -1.0, 1.0)).double().requires_grad_()
+    p = (torch.rand(7, dtype=torch.float64) * 2 - 1).requires_grad_()
+
+    def f(x, p):
+        return F.noisy_activation(x, p, fn=HARD_TANH, variant=variant, alpha=0.9, c=0.3,
+                                  training=True, dim=-1,
+                                  generator=torch.Generator().manual_seed(6))
+
+    assert torch.autograd.gradcheck(f, (x, p))

@@ -191,8 +191,10 @@ def noisy_activation(
         generator: optional :class:`torch.Generator` for the noise.
         dim: the feature axis that a per-feature p runs along.
         noise: use this ξ ~ N(0, 1) (shape of x) instead of drawing one.
-        recompute_noise: fused path only: save only x for backward and redraw ξ from the saved
-            generator state (less memory, one more draw).
+        recompute_noise: fused path with noise source ``"torch"`` only: save only x for
+            backward and redraw ξ from the saved generator state (less memory, one more draw).
+            The default counter noise (:mod:`noisyact.noise`) is always regenerated, never
+            saved.
 
     Returns:
         A tensor of the shape and dtype of x.

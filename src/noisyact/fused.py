@@ -196,10 +196,13 @@ def _forward_kernel(x: Tensor, p: Tensor, xi: Tensor | None, key: Tensor | None,
 
 
 def _backward_kernel(g: Tensor, x: Tensor, p: Tensor, xi: Tensor | None, key: Tensor | None,
-                     c: Tensor, hp: Tensor, code: int, half: bool) -> tuple[Tensor, Tensor]:
+                     c: Tensor, hp: Tensor, code: int, half: bool,
+                     want_p: bool) -> tuple[Tensor, Tensor | None]:
+    """(grad_x, grad·∂φ/∂p per element or None). The sum over the non-p axes is left to the
+    caller: fused into this loop nest it would be a second pass (an outer reduction)."""
     _, dx, dp = unit_backward(x, p, _noise(x, xi, key), c, hp, code, half)
     gf = g.to(dx.dtype)
-    return (gf * dx).to(x.dtype), gf * dp
+    return (gf * dx).to(x.dtype), (gf * dp if want_p else None)
 
 
 def _clone(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -299,9 +302,11 @@ class _NoisyUnit(torch.autograd.Function):
             gen = torch.Generator(device=device)
             gen.set_state(state)
             xi3 = torch.randn(x3.shape, dtype=x3.dtype, device=x3.device, generator=gen)
+        want_p = ctx.needs_input_grad[1] and ctx.code in (0, 2)  # NANI, NANIS: σ has no p
         gx, gp = run_kernel(_backward_kernel, grad.contiguous(), x3, p3, xi3, key, c, hp,
-                            static=(ctx.code, ctx.half), inline=True)
-        gp = gp.sum(dim=(0, 2), keepdim=True).to(p3.dtype)
+                            static=(ctx.code, ctx.half, want_p), inline=True)
+        if gp is not None:
+            gp = gp.sum(dim=(0, 2), keepdim=True).to(p3.dtype)
         return gx, gp, None, None, None, None, None, None, None
 
 

@@ -50,7 +50,8 @@ class NoisyActivation(nn.Module):
         dim: feature axis for a per-feature p. Default 1 (as ``nn.PReLU``).
         inplace: accepted for drop-in use in registries (timm); ignored.
         generator: optional :class:`torch.Generator` for the noise (eager mode).
-        recompute_noise: save only x for backward and redraw ξ (fused path).
+        recompute_noise: save only x for backward and redraw ξ (fused path, noise source
+            ``"torch"``; the default counter noise is always regenerated).
 
     Shape:
         - Input: :math:`(*)`, any shape (with ``x.shape[dim] == num_parameters`` if > 1).
