@@ -43,7 +43,7 @@ from torch import Tensor
 from . import fused
 from ._validation import check_hyperparameters, check_variant
 from .fused import compute_dtype
-from .noise import draw_keys, noise_source, normal_like
+from .noise import draw_keys, normal_like, uses_counter_noise
 from .saturating import HARD_SIGMOID, HARD_TANH, SIGMOID, TANH, Saturating
 
 __all__ = [
@@ -135,7 +135,7 @@ def draw_noise(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     stream per element, several times slower on a CPU); with ``fallback_random`` this is the same
     noise as the eager fused path for the same seed.
     """
-    if torch.compiler.is_compiling() and noise_source() == "kernel" and x.numel() < 2**31:
+    if torch.compiler.is_compiling() and uses_counter_noise(x.numel()):
         return normal_like(x.shape, draw_keys(1, generator, x.device)[0]).to(x.dtype)
     return torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
 

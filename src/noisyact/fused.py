@@ -49,12 +49,13 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .noise import draw_keys, noise_source, normal_like
+from .noise import draw_keys, normal_like, uses_counter_noise
 
 __all__ = [
     "constants",
     "enabled_for",
     "fused_mode",
+    "kernel_noise",
     "noisy_unit",
     "run_kernel",
     "set_fused_mode",
@@ -182,17 +183,19 @@ def unit_backward(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor, code:
     return value, dx, h_z * xif * sigma_z * delta
 
 
-def _noise(x: Tensor, xi: Tensor | None, key: Tensor | None) -> Tensor:
-    """The given ξ, or ξ generated in the kernel from ``key`` (:mod:`noisyact.noise`)."""
+def kernel_noise(xi: Tensor | None, key: Tensor | None,
+                 shape: tuple[int, ...] | torch.Size) -> Tensor:
+    """Inside a kernel: the given ξ, or ξ of ``shape`` generated from ``key``
+    (:func:`noisyact.noise.normal_like`); exactly one of ``xi`` and ``key`` is given."""
     if xi is not None:
         return xi
     assert key is not None
-    return normal_like(x.shape, key)
+    return normal_like(shape, key)
 
 
 def _forward_kernel(x: Tensor, p: Tensor, xi: Tensor | None, key: Tensor | None, c: Tensor,
                     hp: Tensor, code: int, half: bool) -> Tensor:
-    return unit_forward(x, p, _noise(x, xi, key), c, hp, code, half).to(x.dtype)
+    return unit_forward(x, p, kernel_noise(xi, key, x.shape), c, hp, code, half).to(x.dtype)
 
 
 def _backward_kernel(g: Tensor, x: Tensor, p: Tensor, xi: Tensor | None, key: Tensor | None,
@@ -200,7 +203,7 @@ def _backward_kernel(g: Tensor, x: Tensor, p: Tensor, xi: Tensor | None, key: Te
                      want_p: bool) -> tuple[Tensor, Tensor | None]:
     """(grad_x, grad·∂φ/∂p per element or None). The sum over the non-p axes is left to the
     caller: fused into this loop nest it would be a second pass (an outer reduction)."""
-    _, dx, dp = unit_backward(x, p, _noise(x, xi, key), c, hp, code, half)
+    _, dx, dp = unit_backward(x, p, kernel_noise(xi, key, x.shape), c, hp, code, half)
     gf = g.to(dx.dtype)
     return (gf * dx).to(x.dtype), (gf * dp if want_p else None)
 
@@ -337,7 +340,7 @@ def noisy_unit(
         shape3 = (math.prod(x.shape[:d]), p.numel(), math.prod(x.shape[d + 1:]))
     p3 = p.reshape(1, -1, 1)
     regen = key = xi3 = None
-    if noise is None and noise_source() == "kernel" and x.numel() < 2**31:
+    if noise is None and uses_counter_noise(x.numel()):
         key = draw_keys(1, generator, x.device)[0]
     else:
         if noise is None:

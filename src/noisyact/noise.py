@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["NOISE_SOURCES", "counter_normal", "draw_keys", "noise_source", "normal_like",
-           "set_noise_source"]
+           "set_noise_source", "uses_counter_noise"]
 
 NOISE_SOURCES = ("kernel", "torch")
 _state = {"source": os.environ.get("NOISYACT_NOISE", "kernel")}
@@ -56,6 +56,12 @@ def set_noise_source(source: str) -> None:
 def noise_source() -> str:
     """The current noise source (see :func:`set_noise_source`)."""
     return _state["source"]
+
+
+def uses_counter_noise(numel: int) -> bool:
+    """Whether a call over ``numel`` elements per key draws counter noise: the source is
+    ``"kernel"`` and the int32 counters cover it (else :func:`torch.randn` is used)."""
+    return _state["source"] == "kernel" and numel <= _INT32_MAX
 
 
 def draw_keys(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:

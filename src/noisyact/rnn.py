@@ -37,9 +37,17 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import fused
 from .functional import HALF_NORMAL_MEAN, VARIANTS
-from .fused import compute_dtype, constants, run_kernel, unit_backward, unit_code, unit_forward
+from .fused import (
+    compute_dtype,
+    constants,
+    kernel_noise,
+    run_kernel,
+    unit_backward,
+    unit_code,
+    unit_forward,
+)
 from .modules import HardSigmoid, NoisyHardSigmoid, NoisyHardTanh
-from .noise import draw_keys, noise_source, normal_like
+from .noise import draw_keys, uses_counter_noise
 from .saturating import HARD_SIGMOID, HARD_TANH
 
 __all__ = ["KINDS", "NoisyGRU", "NoisyGRUCell", "NoisyLSTM", "NoisyLSTMCell"]
@@ -134,20 +142,12 @@ def gru_step(acts: RecurrentUnits, gi: Tensor, gh: Tensor, h_prev: Tensor) -> Te
 # Fused kernels: one pass per time step over all units of a layer (pure tensor functions).
 
 
-def _step_noise(xi: Tensor | None, key: Tensor | None, like: Tensor, units: int) -> Tensor:
-    """ξ of one step, (B, units): the given slice, or generated in the kernel from ``key``."""
-    if xi is not None:
-        return xi
-    assert key is not None
-    return normal_like((like.shape[0], units), key)
-
-
 def _lstm_fwd(pre: Tensor, c_prev: Tensor, xi: Tensor | None, key: Tensor | None, pg: Tensor,
               pc: Tensor, po: Tensor, cg: Tensor, cc: Tensor, co: Tensor, hg: Tensor, hc: Tensor,
               ho: Tensor, kg: int, sg: bool, kc: int, sc: bool, ko: int,
               so: bool) -> tuple[Tensor, Tensor]:
     H = c_prev.shape[-1]
-    xi = _step_noise(xi, key, pre, 5 * H)
+    xi = kernel_noise(xi, key, (pre.shape[0], 5 * H))
     i = unit_forward(pre[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
     f = unit_forward(pre[:, H:2 * H], pg[H:2 * H], xi[:, H:2 * H], cg, hg, kg, sg)
     g = unit_forward(pre[:, 2 * H:3 * H], pc, xi[:, 3 * H:4 * H], cc, hc, kc, sc)
@@ -162,7 +162,7 @@ def _lstm_bwd(dh: Tensor, dc: Tensor, pre: Tensor, c_prev: Tensor, xi: Tensor | 
               co: Tensor, hg: Tensor, hc: Tensor, ho: Tensor, kg: int, sg: bool, kc: int, sc: bool,
               ko: int, so: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     H = c_prev.shape[-1]
-    xi = _step_noise(xi, key, pre, 5 * H)
+    xi = kernel_noise(xi, key, (pre.shape[0], 5 * H))
     i, di_x, di_p = unit_backward(pre[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
     f, df_x, df_p = unit_backward(pre[:, H:2 * H], pg[H:2 * H], xi[:, H:2 * H], cg, hg, kg, sg)
     g, dg_x, dg_p = unit_backward(pre[:, 2 * H:3 * H], pc, xi[:, 3 * H:4 * H], cc, hc, kc, sc)
@@ -185,7 +185,7 @@ def _gru_fwd(gi: Tensor, gh: Tensor, h_prev: Tensor, xi: Tensor | None, key: Ten
              pg: Tensor, pc: Tensor, cg: Tensor, cc: Tensor, hg: Tensor, hc: Tensor, kg: int,
              sg: bool, kc: int, sc: bool) -> Tensor:
     H = h_prev.shape[-1]
-    xi = _step_noise(xi, key, gi, 3 * H)
+    xi = kernel_noise(xi, key, (gi.shape[0], 3 * H))
     r = unit_forward(gi[:, :H] + gh[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
     z = unit_forward(gi[:, H:2 * H] + gh[:, H:2 * H], pg[H:], xi[:, H:2 * H], cg, hg, kg, sg)
     n = unit_forward(gi[:, 2 * H:] + r * gh[:, 2 * H:], pc, xi[:, 2 * H:], cc, hc, kc, sc)
@@ -197,7 +197,7 @@ def _gru_bwd(dh: Tensor, gi: Tensor, gh: Tensor, h_prev: Tensor, xi: Tensor | No
              hc: Tensor, kg: int, sg: bool, kc: int,
              sc: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     H = h_prev.shape[-1]
-    xi = _step_noise(xi, key, gi, 3 * H)
+    xi = kernel_noise(xi, key, (gi.shape[0], 3 * H))
     r, dr_x, dr_p = unit_backward(gi[:, :H] + gh[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
     z, dz_x, dz_p = unit_backward(gi[:, H:2 * H] + gh[:, H:2 * H], pg[H:], xi[:, H:2 * H], cg, hg,
                                   kg, sg)
@@ -507,7 +507,7 @@ class _NoisyRNNBase(nn.Module):
         :func:`torch.randn` ("torch"); in eval E[ε] expanded, without a random op."""
         total = sum(sizes)
         if self.training and any(float(spec[1]) != 0.0 for spec in specs):
-            if noise_source() == "kernel" and B * total < 2**31:
+            if uses_counter_noise(B * total):
                 return None, draw_keys(T, self.generator, like.device)
             return torch.randn(T, B, total, dtype=like.dtype, device=like.device,
                                generator=self.generator), None

@@ -72,14 +72,20 @@ def pad(seqs: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
+def _windows(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """dl4mt's sorting windows of batch × 20 examples over n shuffled examples, as (lo, hi)."""
+    size = batch_size * 20
+    return [(lo, min(lo + size, n)) for lo in range(0, n - batch_size + 1, size)]
+
+
 def length_sorted_batches(lengths: Sequence[int], batch_size: int, seed: int) -> list[list[int]]:
     """dl4mt's iterator order: shuffle, sort windows of batch × 20 by length, cut into batches
     (each of similar lengths), shuffle the batches."""
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(lengths), generator=gen).tolist()
     batches = []
-    for lo in range(0, len(order) - batch_size + 1, batch_size * 20):
-        window = sorted(order[lo: lo + batch_size * 20], key=lambda i: lengths[i])
+    for lo, hi in _windows(len(order), batch_size):
+        window = sorted(order[lo:hi], key=lambda i: lengths[i])
         batches += [window[k: k + batch_size] for k in range(0, len(window) - batch_size + 1,
                                                              batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
@@ -93,9 +99,8 @@ class EpochBatches:
             raise ValueError(f"{len(lengths)} training examples are fewer than batch_size="
                              f"{batch_size}")
         self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
-        n, window = len(self.lengths), batch_size * 20  # as length_sorted_batches cuts them
-        self.per_epoch = sum(min(window, n - lo) // batch_size
-                             for lo in range(0, n - batch_size + 1, window))
+        self.per_epoch = sum((hi - lo) // batch_size
+                             for lo, hi in _windows(len(self.lengths), batch_size))
         self._cache: tuple[int, list[list[int]]] | None = None
 
     def __call__(self, step: int) -> list[int]:
