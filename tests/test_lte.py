@@ -214,8 +214,10 @@ def test_passes_stay_aligned_after_the_curriculum_restarts_the_data():
                                       "nll": 0.0}
     restarts, records = [], []
     for step in range(1, 41):
-        with torch.no_grad():
-            task.loss(model, task.batch(step - 1, 0, 1))
+        task.batch(step - 1, 0, 1)
+        # a constant 50 % training accuracy: the "falling" rule never fires (an untrained model's
+        # accuracy would make the test depend on the global random state)
+        task.correct, task.counted = task.correct + 1, task.counted + 2
         if (rec := task.after_step(model, step)) is not None:
             records.append(rec)
         if task.pos == 0:

@@ -186,3 +186,19 @@ def test_gradcheck_with_noise_regenerated_in_backward(variant):
                                   generator=torch.Generator().manual_seed(6))
 
     assert torch.autograd.gradcheck(f, (x, p))
+
+
+@pytest.mark.parametrize("shape", [(7, 3, 5), (4,), (1, 1), (0, 3), (2, 1001)])
+def test_noise_block_is_normal_like_computed_pairwise(shape):
+    """The recurrent layers' block noise: the same values as normal_like (so the statistical
+    tests above cover it), eager and compiled, odd sizes included."""
+    from noisyact.noise import noise_block
+
+    key = _key(31, -4)
+    want = normal_like(shape, key)
+    got = noise_block(torch.empty(shape), key)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
+    if got.numel():
+        compiled = torch.compile(noise_block, dynamic=True, fullgraph=True)
+        torch.testing.assert_close(compiled(torch.empty(shape), key), want, rtol=0, atol=2e-5)

@@ -7,7 +7,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import noisyact
 from noisyact import functional as F
-from noisyact.noise import draw_keys, normal_like
+from noisyact.noise import draw_keys, noise_block
 from noisyact.rnn import NoisyGRU, NoisyGRUCell, NoisyLSTM, NoisyLSTMCell
 
 PAIRS = [(NoisyLSTM, nn.LSTM), (NoisyGRU, nn.GRU)]
@@ -15,6 +15,42 @@ PAIRS = [(NoisyLSTM, nn.LSTM), (NoisyGRU, nn.GRU)]
 
 def _out(y):
     return y[0]
+
+
+@pytest.mark.parametrize("mode,cls", [("eager", NoisyLSTM), ("eager", NoisyGRU),
+                                      ("compile", NoisyLSTM)])
+def test_packed_gradients_equal_per_sequence_gradients(mode, cls):
+    """The masked backward: with deterministic hard units, the gradients of a packed batch are
+    those of each sequence run alone (input gradients) and their sum (weight gradients)."""
+    torch.manual_seed(0)
+    m = cls(3, 4, num_layers=2, bidirectional=True, variant="hard")
+    lengths = torch.tensor([5, 2, 4])
+    x = torch.randn(5, 3, 3, requires_grad=True)
+    noisyact.set_fused_mode(mode)
+    out, hidden = m(pack_padded_sequence(x, lengths, enforce_sorted=False))
+    padded, _ = pad_packed_sequence(out)
+    states = list(hidden) if isinstance(hidden, tuple) else [hidden]
+    gy, gs = torch.randn_like(padded), [torch.randn_like(s) for s in states]
+    # final states in the loss: their gradient must pass the padding back to each last step
+    loss = (padded * gy).sum() + sum((s * g).sum() for s, g in zip(states, gs, strict=True))
+    loss.backward()
+    got = {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}
+    noisyact.set_fused_mode("eager")
+    m.zero_grad()
+    for b in range(3):
+        n = int(lengths[b])
+        xb = x[:n, b:b + 1].detach().requires_grad_()
+        y, hid = m(xb)
+        hid = list(hid) if isinstance(hid, tuple) else [hid]
+        loss = (y * gy[:n, b:b + 1]).sum() + sum((s * g[:, b:b + 1]).sum()
+                                                 for s, g in zip(hid, gs, strict=True))
+        loss.backward()
+        torch.testing.assert_close(x.grad[:n, b:b + 1], xb.grad)
+        assert (x.grad[n:, b] == 0).all()
+    assert got.keys() == {k for k, p in m.named_parameters() if p.grad is not None}
+    for k, p in m.named_parameters():
+        if k in got:
+            torch.testing.assert_close(got[k], p.grad, msg=k)
 
 
 @pytest.mark.parametrize("cls,tcls", PAIRS)
@@ -77,13 +113,13 @@ def _reference_gru_layer(x, w_ih, w_hh, b_ih, b_hh, p, noise, variant, alpha_g, 
 
 
 def _layer_noise(source, T, B, units, seed):
-    """The ξ a fused layer draws from ``Generator().manual_seed(seed)``: one counter-noise key
-    per step (source "kernel") or torch.randn for all steps ("torch")."""
+    """The ξ a fused layer draws from ``Generator().manual_seed(seed)``: counter noise of the
+    whole sequence from one key (source "kernel") or torch.randn for all steps ("torch")."""
     gen = torch.Generator().manual_seed(seed)
     if source == "torch":
         return torch.randn(T, B, units, dtype=torch.float64, generator=gen)
-    keys = draw_keys(T, gen, torch.device("cpu"))
-    return torch.stack([normal_like((B, units), k) for k in keys]).double()
+    key = draw_keys(1, gen, torch.device("cpu"))[0]
+    return noise_block(torch.empty(T, B, units), key).double()
 
 
 @pytest.mark.parametrize(

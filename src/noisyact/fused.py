@@ -16,7 +16,7 @@ the reference path (the same numbers for the same seed), read by both kernels an
 backward (``recompute_noise=True`` saves only x and redraws ξ from the saved generator state).
 Given ``noise=`` explicitly, both kernels use it.
 
-The kernels are compiled with :func:`torch.compile` (dynamic shapes) on first use, which needs a
+The kernels are compiled by Inductor on first use (:mod:`noisyact.compiler`), which needs a
 working compiler (a C++ compiler on CPU, Triton on CUDA); where compilation fails the same kernels
 run eagerly. Inside a region that is itself being compiled (``torch.compile`` of a model) the
 reference ops are used instead, so that Inductor fuses them with their neighbours.
@@ -39,16 +39,12 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import types
-import warnings
-from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .compiler import fused_mode, run_kernel, set_fused_mode
 from .noise import draw_keys, normal_like, uses_counter_noise
 
 __all__ = [
@@ -64,33 +60,10 @@ __all__ = [
     "unit_forward",
 ]
 
-_MODES = ("compile", "eager", "off")
-_state: dict[str, Any] = {"mode": os.environ.get("NOISYACT_FUSED", "compile"), "compiled": {}}
-if _state["mode"] not in _MODES:
-    raise ValueError(f"NOISYACT_FUSED must be one of {_MODES}, got {_state['mode']!r}")
-
-
-def set_fused_mode(mode: str) -> None:
-    """Choose the training path of NAN/NAH on hard functions.
-
-    ``"compile"`` (default): fused autograd function with kernels compiled by ``torch.compile``;
-    ``"eager"``: the same fused function with kernels run op by op (no compiler needed);
-    ``"off"``: the reference path of :mod:`noisyact.functional` (plain autograd ops).
-    Also settable with the environment variable ``NOISYACT_FUSED``.
-    """
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    _state["mode"] = mode
-
-
-def fused_mode() -> str:
-    """The current mode (see :func:`set_fused_mode`)."""
-    return str(_state["mode"])
-
 
 def enabled_for(x: Tensor, c: object) -> bool:
     """Whether the fused path handles this call (else the reference path does)."""
-    if _state["mode"] == "off" or x.numel() == 0:
+    if fused_mode() == "off" or x.numel() == 0:
         return False
     if torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing():
         return False
@@ -206,64 +179,6 @@ def _backward_kernel(g: Tensor, x: Tensor, p: Tensor, xi: Tensor | None, key: Te
     _, dx, dp = unit_backward(x, p, kernel_noise(xi, key, x.shape), c, hp, code, half)
     gf = g.to(dx.dtype)
     return (gf * dx).to(x.dtype), (gf * dp if want_p else None)
-
-
-def _clone(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A copy of ``fn`` with its own code object, hence its own ``torch.compile`` cache."""
-    clone = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
-                               fn.__defaults__, fn.__closure__)
-    clone.__kwdefaults__ = fn.__kwdefaults__
-    return clone
-
-
-#: Inductor settings for kernels that should be one loop nest: never store an intermediate (the
-#: heuristics that do so on reuse or on long expressions would add a full-size buffer and a
-#: second pass over memory, and the counter noise makes every expression long).
-_INLINE_OPTIONS = {"realize_opcount_threshold": 1 << 20, "realize_acc_reads_threshold": 1 << 20,
-                   "realize_reads_threshold": 1 << 20}
-
-
-def _compile(kernel: Callable[..., Any], inline: bool) -> Callable[..., Any]:
-    import torch._inductor.config as inductor_config
-
-    options = {k: v for k, v in _INLINE_OPTIONS.items() if hasattr(inductor_config, k)}
-    return torch.compile(_clone(kernel), dynamic=True, fullgraph=True,
-                         options=options if inline else None)
-
-
-def run_kernel(kernel: Callable[..., Any], *args: Any, static: tuple[Any, ...] = (),
-               inline: bool = False) -> Any:
-    """Run a pure tensor function ``kernel(*args, *static)``, compiled in ``"compile"`` mode.
-
-    Each combination of the ``static`` arguments (variant codes), of absent tensor arguments and
-    of batches of one gets its own compiled copy with dynamic shapes, so that neither variants,
-    modes nor batch sizes exhaust Dynamo's recompile limit. ``inline`` compiles the kernel as one
-    loop nest without intermediate buffers (:data:`_INLINE_OPTIONS`). If
-    compilation fails (no working compiler), warn once and run every kernel eagerly from then on:
-    the numbers are the same, only slower.
-    """
-    if _state["mode"] == "compile":
-        # Kernels run inside autograd Functions: no input needs grad tracking, and detaching
-        # keeps requires_grad and view bases out of Dynamo's guards. Absent tensors (no noise in
-        # eval) and batches of one (which Dynamo specialises) get their own compiled copies, so
-        # train, eval and one-sentence decoding never exhaust the recompile limit.
-        args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
-        shape = tuple(None if a is None else (a.dim() > 0 and a.shape[0] == 1)
-                      for a in args if a is None or isinstance(a, Tensor))
-        key = (kernel, static, shape, inline)
-        compiled = _state["compiled"].get(key)
-        if compiled is None:
-            compiled = _compile(kernel, inline)
-            _state["compiled"][key] = compiled
-        try:
-            return compiled(*args, *static)
-        except Exception as exc:
-            warnings.warn(
-                f"noisyact: compiling the fused kernels failed ({type(exc).__name__}: {exc}); "
-                "running them eagerly", RuntimeWarning, stacklevel=2,
-            )
-            _state["mode"] = "eager"
-    return kernel(*args, *static)
 
 
 @functools.lru_cache(maxsize=256)

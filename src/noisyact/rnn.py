@@ -18,12 +18,17 @@ GRU (gate order r, z, n as in ``nn.GRU``)::
     h'   = (1 - z) * n + z * h
 
 Speed. cuDNN and oneDNN fuse only the soft activations, so a noisy layer runs its own recurrence:
-the input projections of all time steps are one matrix product, and each step is one ``addmm``
-plus one fused element-wise kernel (all units, their noise and the state update) compiled by
-``torch.compile``; the backward pass is written by hand in the same way, with the recurrent
-weight gradient as one matrix product at the end. This fast path covers the hard units with output
-noise (NAN, NAH), input noise (NANI, NANIL, NANIS) and without noise (``"hard"``); ``"soft"``
-(the exact sigmoid/tanh of ``nn.LSTM``) runs a plain per-step loop through the modules.
+the input projections of all time steps are one matrix product, then each step is one call of a
+compiled function (:mod:`noisyact.compiler`: traced once with symbolic sizes, called without
+``torch.compile``'s per-call guard evaluation) holding the recurrent matrix product and one pass
+over all units of the layer and the state update. The noise ξ of the whole sequence is drawn by
+one call (counter noise from one key, :func:`noisyact.noise.noise_block`) and drawn again in
+backward instead of being stored. The backward pass is written by hand the same way, one compiled
+call per step; the recurrent weight gradient is one matrix product at the end, the p gradient one
+sum over an accumulator. This fast path covers the hard units with output noise (NAN, NAH), input
+noise (NANI, NANIL, NANIS) and without noise (``"hard"``); ``"soft"`` (the exact sigmoid/tanh of
+``nn.LSTM``) runs a plain per-step loop through the modules. The fused backward is
+``once_differentiable``: double backward needs ``set_fused_mode("off")``.
 """
 
 from __future__ import annotations
@@ -33,21 +38,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from . import fused
+from .compiler import compiled_kernel, fused_mode, run_kernel
 from .functional import HALF_NORMAL_MEAN, VARIANTS
-from .fused import (
-    compute_dtype,
-    constants,
-    kernel_noise,
-    run_kernel,
-    unit_backward,
-    unit_code,
-    unit_forward,
-)
+from .fused import compute_dtype, constants, unit_backward, unit_code, unit_forward
 from .modules import HardSigmoid, NoisyHardSigmoid, NoisyHardTanh
-from .noise import draw_keys, uses_counter_noise
+from .noise import draw_keys, noise_block, uses_counter_noise
 from .saturating import HARD_SIGMOID, HARD_TANH
 
 __all__ = ["KINDS", "NoisyGRU", "NoisyGRUCell", "NoisyLSTM", "NoisyLSTMCell"]
@@ -139,81 +137,106 @@ def gru_step(acts: RecurrentUnits, gi: Tensor, gh: Tensor, h_prev: Tensor) -> Te
 
 
 # ---------------------------------------------------------------------------------------------
-# Fused kernels: one pass per time step over all units of a layer (pure tensor functions).
+# Fused steps: one compiled call per time step, the recurrent matrix product and one pass over
+# all units of the layer, their noise read from ξ (pure tensor functions: see noisyact.compiler).
 
 
-def _lstm_fwd(pre: Tensor, c_prev: Tensor, xi: Tensor | None, key: Tensor | None, pg: Tensor,
-              pc: Tensor, po: Tensor, cg: Tensor, cc: Tensor, co: Tensor, hg: Tensor, hc: Tensor,
-              ho: Tensor, kg: int, sg: bool, kc: int, sc: bool, ko: int,
-              so: bool) -> tuple[Tensor, Tensor]:
-    H = c_prev.shape[-1]
-    xi = kernel_noise(xi, key, (pre.shape[0], 5 * H))
+def _lstm_fwd_step(xp: Tensor, h: Tensor, c: Tensor, w_t: Tensor, xi: Tensor, m: Tensor | None,
+                   pg: Tensor, pc: Tensor, po: Tensor, cg: Tensor, cc: Tensor, co: Tensor,
+                   hg: Tensor, hc: Tensor, ho: Tensor, kg: int, sg: bool, kc: int, sc: bool,
+                   ko: int, so: bool) -> tuple[Tensor, ...]:
+    """(pre-activations, h, c[, output]) of one step; with a mask ``m`` (B, 1) the states are
+    kept where a sequence has ended and the output is zero there."""
+    pre = xp + h @ w_t  # not addmm: that copies xp into its output before the product
+    H = c.shape[-1]
     i = unit_forward(pre[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
     f = unit_forward(pre[:, H:2 * H], pg[H:2 * H], xi[:, H:2 * H], cg, hg, kg, sg)
     g = unit_forward(pre[:, 2 * H:3 * H], pc, xi[:, 3 * H:4 * H], cc, hc, kc, sc)
     o = unit_forward(pre[:, 3 * H:], pg[2 * H:], xi[:, 2 * H:3 * H], cg, hg, kg, sg)
-    c = f * c_prev.to(f.dtype) + i * g
-    h = o * unit_forward(c, po, xi[:, 4 * H:], co, ho, ko, so)
-    return h.to(pre.dtype), c.to(pre.dtype)
+    c_new = f * c.to(f.dtype) + i * g
+    h_new = (o * unit_forward(c_new, po, xi[:, 4 * H:], co, ho, ko, so)).to(pre.dtype)
+    c_new = c_new.to(pre.dtype)
+    if m is None:
+        return pre, h_new, c_new
+    return pre, torch.where(m, h_new, h), torch.where(m, c_new, c), h_new * m
 
 
-def _lstm_bwd(dh: Tensor, dc: Tensor, pre: Tensor, c_prev: Tensor, xi: Tensor | None,
-              key: Tensor | None, pg: Tensor, pc: Tensor, po: Tensor, cg: Tensor, cc: Tensor,
-              co: Tensor, hg: Tensor, hc: Tensor, ho: Tensor, kg: int, sg: bool, kc: int, sc: bool,
-              ko: int, so: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _lstm_bwd_step(dh: Tensor, dh_out: Tensor, dc: Tensor, pre: Tensor, c_prev: Tensor,
+                   xi: Tensor, w: Tensor, acc: Tensor, m: Tensor | None, pg: Tensor, pc: Tensor,
+                   po: Tensor, cg: Tensor, cc: Tensor, co: Tensor, hg: Tensor, hc: Tensor,
+                   ho: Tensor, kg: int, sg: bool, kc: int, sc: bool, ko: int,
+                   so: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Backward of one step: (∂/∂pre, ∂/∂h_prev, ∂/∂c_prev, acc + grad·∂φ/∂p per element in the
+    order of ξ: gates i, f, o, candidate, cell). ``dh``/``dc`` come from the later step,
+    ``dh_out`` from this step's output."""
     H = c_prev.shape[-1]
-    xi = kernel_noise(xi, key, (pre.shape[0], 5 * H))
+    dh_in, dc_in = dh + dh_out, dc
+    if m is not None:
+        dh_in, dc_in = torch.where(m, dh_in, 0.0), torch.where(m, dc, 0.0)
     i, di_x, di_p = unit_backward(pre[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
     f, df_x, df_p = unit_backward(pre[:, H:2 * H], pg[H:2 * H], xi[:, H:2 * H], cg, hg, kg, sg)
     g, dg_x, dg_p = unit_backward(pre[:, 2 * H:3 * H], pc, xi[:, 3 * H:4 * H], cc, hc, kc, sc)
     o, do_x, do_p = unit_backward(pre[:, 3 * H:], pg[2 * H:], xi[:, 2 * H:3 * H], cg, hg, kg, sg)
     cp = c_prev.to(i.dtype)
-    c = f * cp + i * g
-    tc, dt_x, dt_p = unit_backward(c, po, xi[:, 4 * H:], co, ho, ko, so)
-    dhf = dh.to(i.dtype)
-    d_o = dhf * tc
-    d_t = dhf * o
-    d_c = dc.to(i.dtype) + d_t * dt_x
+    tc, dt_x, dt_p = unit_backward(f * cp + i * g, po, xi[:, 4 * H:], co, ho, ko, so)
+    dhf = dh_in.to(i.dtype)
+    d_o, d_t = dhf * tc, dhf * o
+    d_c = dc_in.to(i.dtype) + d_t * dt_x
     d_i, d_f, d_g = d_c * g, d_c * cp, d_c * i
-    dpre = torch.cat([d_i * di_x, d_f * df_x, d_g * dg_x, d_o * do_x], dim=1)
-    dpg = torch.cat([(d_i * di_p).sum(0), (d_f * df_p).sum(0), (d_o * do_p).sum(0)])
-    return (dpre.to(pre.dtype), (d_c * f).to(pre.dtype), dpg, (d_g * dg_p).sum(0),
-            (d_t * dt_p).sum(0))
+    dpre = torch.cat([d_i * di_x, d_f * df_x, d_g * dg_x, d_o * do_x], dim=1).to(pre.dtype)
+    acc = acc + torch.cat([d_i * di_p, d_f * df_p, d_o * do_p, d_g * dg_p, d_t * dt_p], dim=1)
+    dh_prev, dc_prev = dpre @ w, (d_c * f).to(pre.dtype)
+    if m is not None:
+        dh_prev, dc_prev = dh_prev + torch.where(m, 0.0, dh), dc_prev + torch.where(m, 0.0, dc)
+    return dpre, dh_prev, dc_prev, acc
 
 
-def _gru_fwd(gi: Tensor, gh: Tensor, h_prev: Tensor, xi: Tensor | None, key: Tensor | None,
-             pg: Tensor, pc: Tensor, cg: Tensor, cc: Tensor, hg: Tensor, hc: Tensor, kg: int,
-             sg: bool, kc: int, sc: bool) -> Tensor:
-    H = h_prev.shape[-1]
-    xi = kernel_noise(xi, key, (gi.shape[0], 3 * H))
+def _gru_fwd_step(gi: Tensor, h: Tensor, w_t: Tensor, b: Tensor, xi: Tensor, m: Tensor | None,
+                  pg: Tensor, pc: Tensor, cg: Tensor, cc: Tensor, hg: Tensor, hc: Tensor, kg: int,
+                  sg: bool, kc: int, sc: bool) -> tuple[Tensor, ...]:
+    """(U h + b_h, h[, output]) of one step (mask as in :func:`_lstm_fwd_step`)."""
+    gh = b + h @ w_t
+    H = h.shape[-1]
     r = unit_forward(gi[:, :H] + gh[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
     z = unit_forward(gi[:, H:2 * H] + gh[:, H:2 * H], pg[H:], xi[:, H:2 * H], cg, hg, kg, sg)
     n = unit_forward(gi[:, 2 * H:] + r * gh[:, 2 * H:], pc, xi[:, 2 * H:], cc, hc, kc, sc)
-    return ((1.0 - z) * n + z * h_prev.to(z.dtype)).to(gi.dtype)
+    h_new = ((1.0 - z) * n + z * h.to(z.dtype)).to(gi.dtype)
+    if m is None:
+        return gh, h_new
+    return gh, torch.where(m, h_new, h), h_new * m
 
 
-def _gru_bwd(dh: Tensor, gi: Tensor, gh: Tensor, h_prev: Tensor, xi: Tensor | None,
-             key: Tensor | None, pg: Tensor, pc: Tensor, cg: Tensor, cc: Tensor, hg: Tensor,
-             hc: Tensor, kg: int, sg: bool, kc: int,
-             sc: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _gru_bwd_step(dh: Tensor, dh_out: Tensor, gi: Tensor, gh: Tensor, h_prev: Tensor, xi: Tensor,
+                  w: Tensor, acc: Tensor, m: Tensor | None, pg: Tensor, pc: Tensor, cg: Tensor,
+                  cc: Tensor, hg: Tensor, hc: Tensor, kg: int, sg: bool, kc: int,
+                  sc: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Backward of one step: (∂/∂gi, ∂/∂gh, ∂/∂h_prev, acc + grad·∂φ/∂p per element: r, z, n)."""
     H = h_prev.shape[-1]
-    xi = kernel_noise(xi, key, (gi.shape[0], 3 * H))
+    dh_in = dh + dh_out
+    if m is not None:
+        dh_in = torch.where(m, dh_in, 0.0)
     r, dr_x, dr_p = unit_backward(gi[:, :H] + gh[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
     z, dz_x, dz_p = unit_backward(gi[:, H:2 * H] + gh[:, H:2 * H], pg[H:], xi[:, H:2 * H], cg, hg,
                                   kg, sg)
     hn = gh[:, 2 * H:].to(r.dtype)
     n, dn_x, dn_p = unit_backward(gi[:, 2 * H:] + r * hn, pc, xi[:, 2 * H:], cc, hc, kc, sc)
-    dhf = dh.to(r.dtype)
+    dhf = dh_in.to(r.dtype)
     d_n = dhf * (1.0 - z)
     d_z = dhf * (h_prev.to(r.dtype) - n)
     da_n = d_n * dn_x
     d_r = da_n * hn
     da_r, da_z = d_r * dr_x, d_z * dz_x
-    dgi = torch.cat([da_r, da_z, da_n], dim=1)
-    dgh = torch.cat([da_r, da_z, da_n * r], dim=1)
-    dpg = torch.cat([(d_r * dr_p).sum(0), (d_z * dz_p).sum(0)])
-    return (dgi.to(gi.dtype), dgh.to(gi.dtype), (dhf * z).to(gi.dtype), dpg,
-            (d_n * dn_p).sum(0))
+    dgi = torch.cat([da_r, da_z, da_n], dim=1).to(gi.dtype)
+    dgh = torch.cat([da_r, da_z, da_n * r], dim=1).to(gi.dtype)
+    acc = acc + torch.cat([d_r * dr_p, d_z * dz_p, d_n * dn_p], dim=1)
+    dh_prev = (dhf * z).to(gi.dtype) + dgh @ w
+    if m is not None:
+        dh_prev = dh_prev + torch.where(m, 0.0, dh)
+    return dgi, dgh, dh_prev, acc
+
+
+def _layer_noise(like: Tensor, key: Tensor) -> Tensor:
+    return noise_block(like, key).to(like.dtype)
 
 
 def _unit_spec(m: nn.Module, n: int, like: Tensor) -> tuple[Any, ...] | None:
@@ -236,11 +259,6 @@ def _unit_spec(m: nn.Module, n: int, like: Tensor) -> tuple[Any, ...] | None:
     return None
 
 
-def _at(noise: Tensor | None, keys: Tensor | None, t: int) -> tuple[Tensor | None, Tensor | None]:
-    """(ξ, key) of step t: one of them is None."""
-    return (None if noise is None else noise[t]), (None if keys is None else keys[t])
-
-
 def _step_mask(mask: Tensor | None, t: int) -> Tensor | None:
     return None if mask is None else mask[t]
 
@@ -251,6 +269,25 @@ def _advance(m: Tensor | None, new: tuple[Tensor, ...],
     if m is None:
         return new, new[0]
     return tuple(torch.where(m, n, o) for n, o in zip(new, old, strict=True)), new[0] * m
+
+
+class _LayerNoise:
+    """ξ of every step of one layer: the eval expectation (B, G), the whole sequence's ξ
+    (T, B, G) drawn with :func:`torch.randn`, or counter noise (T, B, G) from one key, generated
+    by one compiled call in forward and again in backward instead of being saved."""
+
+    def __init__(self, noise: Tensor | None, key: Tensor | None) -> None:
+        self.noise, self.key = noise, key
+
+    def values(self, shape: tuple[int, int, int], like: Tensor) -> Tensor:
+        if self.key is None:
+            assert self.noise is not None
+            return self.noise
+        return run_kernel(_layer_noise, like.new_empty(shape), self.key)
+
+    @staticmethod
+    def at(xi: Tensor, t: int) -> Tensor:
+        return xi[t] if xi.dim() == 3 else xi
 
 
 def _recurrent_weight_grad(d_pre: Tensor, h_prev: list[Tensor], out: Tensor,
@@ -266,117 +303,113 @@ def _recurrent_weight_grad(d_pre: Tensor, h_prev: list[Tensor], out: Tensor,
     return d_w
 
 
+def _contiguous(*ts: Tensor) -> list[Tensor]:
+    return [t.contiguous() for t in ts]
+
+
 class _LSTMLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xp, h0, c0, w_hh, pg, pc, po, consts, codes, noise, keys, mask):  # type: ignore[override]
-        T = xp.shape[0]
-        w_t = w_hh.to(xp.dtype).t()
-        h, c = h0.to(xp.dtype), c0.to(xp.dtype)
-        # pre-activations written in place (no stack); states kept as lists for the backward
-        pres = xp.new_empty(T, xp.shape[1], w_hh.shape[0])
-        hs, h_prev, c_prev = [], [], []
+    def forward(ctx, xp, h0, c0, w_hh, pg, pc, po, consts, codes, noise, key, mask):  # type: ignore[override]
+        T, B = xp.shape[:2]
+        xp = xp.contiguous()
+        w_t = w_hh.to(xp.dtype).t().contiguous()
+        h, c = h0.to(xp.dtype).contiguous(), c0.to(xp.dtype).contiguous()
+        units = _contiguous(pg, pc, po, *consts)
+        src = _LayerNoise(noise, key)
+        xi = src.values((T, B, 5 * h.shape[-1]), xp)
+        step = compiled_kernel(_lstm_fwd_step, (xp[0], h, c, w_t, src.at(xi, 0),
+                                                _step_mask(mask, 0), *units), codes)
+        pres, hs, h_prev, c_prev = [], [], [], []
         for t in range(T):
             h_prev.append(h)
             c_prev.append(c)
-            torch.addmm(xp[t], h, w_t, out=pres[t])
-            new = run_kernel(_lstm_fwd, pres[t], c, *_at(noise, keys, t), pg, pc, po, *consts,
-                             static=codes)
-            (h, c), out = _advance(_step_mask(mask, t), new, (h, c))
-            hs.append(out)
+            pre, h, c, *out = step(xp[t], h, c, w_t, src.at(xi, t), _step_mask(mask, t), *units)
+            pres.append(pre)
+            hs.append(out[0] if out else h)
         out = torch.stack(hs)
-        ctx.save_for_backward(pres, out, w_hh, pg, pc, po, *consts, noise, keys, mask)
-        ctx.h_prev, ctx.c_prev = h_prev, c_prev
+        ctx.save_for_backward(out, w_hh, *units, noise, key, mask)
+        ctx.pres, ctx.h_prev, ctx.c_prev = pres, h_prev, c_prev
         ctx.codes = codes
         return out, h, c
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, d_hs, d_h, d_c):  # type: ignore[override]
-        pres, out, w_hh, pg, pc, po, *consts, noise, keys, mask = ctx.saved_tensors
-        h_prev, c_prev = ctx.h_prev, ctx.c_prev
-        T = pres.shape[0]
-        w = w_hh.to(pres.dtype)
+        out, w_hh, pg, pc, po, *consts, noise, key, mask = ctx.saved_tensors
+        pres, c_prev = ctx.pres, ctx.c_prev
+        T, B, H = out.shape
+        w = w_hh.to(out.dtype).contiguous()
+        src = _LayerNoise(noise, key)
+        xi = src.values((T, B, 5 * H), out)
+        d_hs, dh, dc = _contiguous(d_hs, d_h, d_c)
+        acc = torch.zeros(B, 5 * H, dtype=consts[0].dtype, device=out.device)
+        units = (pg, pc, po, *consts)
+        step = compiled_kernel(_lstm_bwd_step, (dh, d_hs[0], dc, pres[0], c_prev[0],
+                                                src.at(xi, 0), w, acc, _step_mask(mask, 0),
+                                                *units), ctx.codes, inline=True)
         d_pres = [pres[0]] * T
-        dpg = torch.zeros_like(pg, dtype=consts[0].dtype)
-        dpc = torch.zeros_like(pc, dtype=consts[0].dtype)
-        dpo = torch.zeros_like(po, dtype=consts[0].dtype)
-        dh, dc = d_h, d_c
         for t in range(T - 1, -1, -1):
-            m = _step_mask(mask, t)
-            if m is None:
-                dh_in, dc_in = dh + d_hs[t], dc
-            else:
-                dh_in = torch.where(m, dh + d_hs[t], 0.0)
-                dc_in = torch.where(m, dc, 0.0)
-            dpre, dcp, gpg, gpc, gpo = run_kernel(_lstm_bwd, dh_in, dc_in, pres[t], c_prev[t],
-                                                  *_at(noise, keys, t), pg, pc, po, *consts,
-                                                  static=ctx.codes, inline=True)
-            d_pres[t] = dpre
-            dpg += gpg
-            dpc += gpc
-            dpo += gpo
-            if m is None:
-                dh, dc = dpre @ w, dcp
-            else:
-                dh = dpre @ w + torch.where(m, 0.0, dh)
-                dc = dcp + torch.where(m, 0.0, dc)
-        d_pres = torch.stack(d_pres)
-        d_w = _recurrent_weight_grad(d_pres, h_prev, out, mask)
-        return (d_pres, dh, dc, d_w.to(w_hh.dtype), dpg.to(pg.dtype), dpc.to(pc.dtype),
-                dpo.to(po.dtype), None, None, None, None, None)
+            d_pres[t], dh, dc, acc = step(dh, d_hs[t], dc, pres[t], c_prev[t], src.at(xi, t), w,
+                                          acc, _step_mask(mask, t), *units)
+        d_pre = torch.stack(d_pres)
+        d_w = _recurrent_weight_grad(d_pre, ctx.h_prev, out, mask)
+        dp = acc.sum(0)
+        return (d_pre, dh, dc, d_w.to(w_hh.dtype), dp[:3 * H].to(pg.dtype),
+                dp[3 * H:4 * H].to(pc.dtype),
+                dp[4 * H:].to(po.dtype), None, None, None, None, None)
 
 
 class _GRULayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gi, h0, w_hh, b_hh, pg, pc, consts, codes, noise, keys, mask):  # type: ignore[override]
-        T = gi.shape[0]
-        w_t = w_hh.to(gi.dtype).t()
-        b = b_hh.to(gi.dtype)
-        ghs = gi.new_empty(T, gi.shape[1], w_hh.shape[0])
-        hs, h_prev = [], []
-        h = h0.to(gi.dtype)
+    def forward(ctx, gi, h0, w_hh, b_hh, pg, pc, consts, codes, noise, key, mask):  # type: ignore[override]
+        T, B, G = gi.shape
+        gi = gi.contiguous()
+        w_t = w_hh.to(gi.dtype).t().contiguous()
+        b = b_hh.to(gi.dtype).contiguous()
+        h = h0.to(gi.dtype).contiguous()
+        units = _contiguous(pg, pc, *consts)
+        src = _LayerNoise(noise, key)
+        xi = src.values((T, B, G), gi)
+        step = compiled_kernel(_gru_fwd_step, (gi[0], h, w_t, b, src.at(xi, 0),
+                                               _step_mask(mask, 0), *units), codes)
+        ghs, hs, h_prev = [], [], []
         for t in range(T):
             h_prev.append(h)
-            torch.addmm(b, h, w_t, out=ghs[t])
-            new = run_kernel(_gru_fwd, gi[t], ghs[t], h, *_at(noise, keys, t), pg, pc, *consts,
-                             static=codes)
-            (h,), out = _advance(_step_mask(mask, t), (new,), (h,))
-            hs.append(out)
+            gh, h, *out = step(gi[t], h, w_t, b, src.at(xi, t), _step_mask(mask, t), *units)
+            ghs.append(gh)
+            hs.append(out[0] if out else h)
         out = torch.stack(hs)
-        ctx.save_for_backward(gi, ghs, out, w_hh, b_hh, pg, pc, *consts, noise, keys, mask)
-        ctx.h_prev = h_prev
+        ctx.save_for_backward(gi, out, w_hh, b_hh, *units, noise, key, mask)
+        ctx.ghs, ctx.h_prev = ghs, h_prev
         ctx.codes = codes
         return out, h
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, d_hs, d_h):  # type: ignore[override]
-        gi, ghs, out, w_hh, b_hh, pg, pc, *consts, noise, keys, mask = ctx.saved_tensors
-        h_prev = ctx.h_prev
-        T = gi.shape[0]
-        w = w_hh.to(gi.dtype)
-        d_gi, d_gh = [gi[0]] * T, [ghs[0]] * T
-        dpg = torch.zeros_like(pg, dtype=consts[0].dtype)
-        dpc = torch.zeros_like(pc, dtype=consts[0].dtype)
-        dh = d_h
+        gi, out, w_hh, b_hh, pg, pc, *consts, noise, key, mask = ctx.saved_tensors
+        ghs, h_prev = ctx.ghs, ctx.h_prev
+        T, B, G = gi.shape
+        w = w_hh.to(gi.dtype).contiguous()
+        src = _LayerNoise(noise, key)
+        xi = src.values((T, B, G), gi)
+        d_hs, dh = _contiguous(d_hs, d_h)
+        acc = torch.zeros(B, G, dtype=consts[0].dtype, device=gi.device)
+        units = (pg, pc, *consts)
+        step = compiled_kernel(_gru_bwd_step, (dh, d_hs[0], gi[0], ghs[0], h_prev[0],
+                                               src.at(xi, 0), w, acc, _step_mask(mask, 0),
+                                               *units), ctx.codes, inline=True)
+        d_gi, d_gh = [gi[0]] * T, [gi[0]] * T
         for t in range(T - 1, -1, -1):
-            m = _step_mask(mask, t)
-            dh_in = dh + d_hs[t] if m is None else torch.where(m, dh + d_hs[t], 0.0)
-            dgi, dgh, dh_direct, gpg, gpc = run_kernel(_gru_bwd, dh_in, gi[t], ghs[t], h_prev[t],
-                                                       *_at(noise, keys, t), pg, pc, *consts,
-                                                       static=ctx.codes, inline=True)
-            d_gi[t] = dgi
-            d_gh[t] = dgh
-            dpg += gpg
-            dpc += gpc
-            carry = None if m is None else torch.where(m, 0.0, dh)
-            dh = dh_direct + dgh @ w
-            if carry is not None:
-                dh = dh + carry
-        H3 = gi.shape[-1]
-        d_gi, d_gh = torch.stack(d_gi), torch.stack(d_gh)
-        d_w = _recurrent_weight_grad(d_gh, h_prev, out, mask)
-        d_b = d_gh.reshape(-1, H3).sum(0)
-        return (d_gi, dh, d_w.to(w_hh.dtype), d_b.to(b_hh.dtype), dpg.to(pg.dtype),
-                dpc.to(pc.dtype), None, None, None, None, None)
+            d_gi[t], d_gh[t], dh, acc = step(dh, d_hs[t], gi[t], ghs[t], h_prev[t],
+                                             src.at(xi, t), w, acc, _step_mask(mask, t), *units)
+        d_gh_all = torch.stack(d_gh)
+        d_w = _recurrent_weight_grad(d_gh_all, h_prev, out, mask)
+        d_b = d_gh_all.reshape(-1, G).sum(0)
+        dp = acc.sum(0)
+        H = G // 3
+        return (torch.stack(d_gi), dh, d_w.to(w_hh.dtype), d_b.to(b_hh.dtype),
+                dp[:2 * H].to(pg.dtype), dp[2 * H:].to(pc.dtype), None, None, None, None, None)
 
 # ---------------------------------------------------------------------------------------------
 # Layers
@@ -502,22 +535,22 @@ class _NoisyRNNBase(nn.Module):
 
     def _noise(self, specs: list[tuple[Any, ...]], sizes: list[int], T: int, B: int,
                like: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """(ξ, keys) for the fused layer: in training one key per step for the counter noise
-        generated inside the kernels (noise source "kernel") or ξ for every step and unit from
-        :func:`torch.randn` ("torch"); in eval E[ε] expanded, without a random op."""
+        """(ξ, key) for the fused layer (see :class:`_LayerNoise`): in training one key for the
+        counter noise of the whole sequence (noise source "kernel") or ξ of shape (T, B, G) from
+        :func:`torch.randn` ("torch"); in eval E[ε] of shape (B, G), without a random op."""
         total = sum(sizes)
         if self.training and any(float(spec[1]) != 0.0 for spec in specs):
-            if uses_counter_noise(B * total):
-                return None, draw_keys(T, self.generator, like.device)
+            if uses_counter_noise(T * B * total + 1):
+                return None, draw_keys(1, self.generator, like.device)[0]
             return torch.randn(T, B, total, dtype=like.dtype, device=like.device,
                                generator=self.generator), None
         means = torch.cat([torch.full((n,), spec[3], dtype=like.dtype, device=like.device)
                            for n, spec in zip(sizes, specs, strict=True)])
-        # materialised (not a stride-0 view) so that the compiled kernels see one layout
-        return means.expand(T, B, total).contiguous(), None
+        # materialised (not a stride-0 view): the compiled steps take contiguous tensors
+        return means.expand(B, total).contiguous(), None
 
     def _fused_specs(self, acts: nn.Module, like: Tensor) -> list[Any] | None:
-        if fused.fused_mode() == "off" or torch.compiler.is_compiling():
+        if fused_mode() == "off" or torch.compiler.is_compiling():
             return None
         H = self.hidden_size
         units = [(acts.gate, (self._gates - 1) * H)] + [(m, H) for m in self._tanh_units(acts)]
@@ -667,11 +700,11 @@ class NoisyLSTM(_NoisyRNNBase):
         specs = self._fused_specs(acts, xp)
         if specs is not None:
             H = self.hidden_size
-            noise, keys = self._noise(specs, [3 * H, H, H], T, B, xp)
+            noise, key = self._noise(specs, [3 * H, H, H], T, B, xp)
             consts = [s[1] for s in specs] + [s[2] for s in specs]
             codes = tuple(v for s in specs for v in s[4:])
             return _LSTMLayer.apply(xp, h0, c0, w_hh, specs[0][0], specs[1][0], specs[2][0],
-                                    consts, codes, noise, keys, mask)
+                                    consts, codes, noise, key, mask)
         h, c = h0, c0
         outs = []
         for t in range(T):
@@ -721,12 +754,12 @@ class NoisyGRU(_NoisyRNNBase):
         specs = self._fused_specs(acts, gi)
         if specs is not None:
             H = self.hidden_size
-            noise, keys = self._noise(specs, [2 * H, H], T, B, gi)
+            noise, key = self._noise(specs, [2 * H, H], T, B, gi)
             consts = [s[1] for s in specs] + [s[2] for s in specs]
             codes = tuple(v for s in specs for v in s[4:])
             b = b_hh if b_hh is not None else gi.new_zeros(3 * H)
             return _GRULayer.apply(gi, h0, w_hh, b, specs[0][0], specs[1][0], consts, codes,
-                                   noise, keys, mask)
+                                   noise, key, mask)
         h = h0
         outs = []
         for t in range(T):
