@@ -85,3 +85,13 @@ def test_eager_mode_never_compiles(monkeypatch):
 def test_bad_mode():
     with pytest.raises(ValueError, match="mode must be one of"):
         noisyact.set_fused_mode("fast")
+
+
+def test_torch_compile_path_gives_the_same_numbers(compile_mode):
+    """standalone=False (the fused activation's kernels) compiles with torch.compile."""
+    args = (torch.randn(3, 4), torch.randn(1, 4), None)
+    k = compiler.compiled_kernel(_kernel, args, (2.0,), standalone=False)
+    assert isinstance(k._compiled, compiler._Dynamo)
+    got, want = k(*args), _kernel(*args, 2.0)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[2], want[2])

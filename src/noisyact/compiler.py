@@ -125,7 +125,8 @@ def _clone(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class _Dynamo:
-    """Fallback for a torch without ``standalone_compile``: ``torch.compile(dynamic=True)``."""
+    """``torch.compile(dynamic=True)``: for a torch without ``standalone_compile``, and where
+    asked for (``standalone=False``)."""
 
     def __init__(self, kernel: Callable[..., Any], static: tuple[Any, ...], inline: bool) -> None:
         self._fn = torch.compile(_clone(kernel), dynamic=True, fullgraph=True,
@@ -176,7 +177,8 @@ def _has_standalone_compile() -> bool:
 
 
 def compiled_kernel(kernel: Callable[..., Any], args: Sequence[Tensor | None],
-                    static: tuple[Any, ...] = (), inline: bool = False) -> Callable[..., Any]:
+                    static: tuple[Any, ...] = (), inline: bool = False,
+                    standalone: bool = True) -> Callable[..., Any]:
     """A callable that runs ``kernel(*a, *static)`` for tensor arguments ``a`` with the signature
     of ``args`` (same absent arguments, dtypes, devices, size-0/1 dimensions), all contiguous.
 
@@ -184,14 +186,19 @@ def compiled_kernel(kernel: Callable[..., Any], args: Sequence[Tensor | None],
     ``inline`` compiles the kernel as one loop nest without intermediate buffers
     (:data:`INLINE_OPTIONS`). Otherwise the kernel runs eagerly. A loop that calls one kernel
     many times with the same kinds of inputs asks once and calls the result.
+
+    ``standalone=False`` compiles with ``torch.compile(dynamic=True)`` even where the standalone
+    path exists: for the fused activation's one-loop kernels over large inputs it generates code
+    1.6-1.7 times faster on this CPU (67-109 ms against 114-164 ms forward/backward over 4096²
+    elements; its 40 µs of guards per call do not matter at that size).
     """
     if _state["mode"] != "compile":
         return _Eager(kernel, static)
-    key = (kernel, static, inline, _signature(args))
+    key = (kernel, static, inline, standalone, _signature(args))
     compiled = _state["compiled"].get(key)
     if compiled is None:
         try:
-            if _has_standalone_compile():
+            if standalone and _has_standalone_compile():
                 inner: Callable[..., Any] = _Standalone(kernel, args, static, inline)
             else:
                 inner = _Dynamo(kernel, static, inline)
@@ -204,8 +211,8 @@ def compiled_kernel(kernel: Callable[..., Any], args: Sequence[Tensor | None],
 
 
 def run_kernel(kernel: Callable[..., Any], *args: Tensor | None, static: tuple[Any, ...] = (),
-               inline: bool = False) -> Any:
+               inline: bool = False, standalone: bool = True) -> Any:
     """Run ``kernel(*args, *static)`` once: :func:`compiled_kernel` for these arguments, made
     contiguous."""
     args = tuple(None if a is None else a.contiguous() for a in args)
-    return compiled_kernel(kernel, args, static, inline)(*args)
+    return compiled_kernel(kernel, args, static, inline, standalone)(*args)
