@@ -95,3 +95,13 @@ def test_torch_compile_path_gives_the_same_numbers(compile_mode):
     got, want = k(*args), _kernel(*args, 2.0)
     torch.testing.assert_close(got[0], want[0])
     torch.testing.assert_close(got[2], want[2])
+
+
+def test_loop_kernel_compiles_at_its_first_call(compile_mode, monkeypatch):
+    monkeypatch.setitem(compiler._state, "compiled", {})
+    step = compiler.loop_kernel(_kernel, (2.0,))
+    assert compiler._state["compiled"] == {}
+    for n in (3, 5):
+        args = (torch.randn(n, 4), torch.randn(1, 4), None)
+        torch.testing.assert_close(step(*args)[0], _kernel(*args, 2.0)[0])
+    assert len(compiler._state["compiled"]) == 1

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["compiled_kernel", "fused_mode", "run_kernel", "set_fused_mode"]
+__all__ = ["compiled_kernel", "fused_mode", "loop_kernel", "run_kernel", "set_fused_mode"]
 
 _MODES = ("compile", "eager", "off")
 _state: dict[str, Any] = {"mode": os.environ.get("NOISYACT_FUSED", "compile"), "compiled": {}}
@@ -185,7 +185,7 @@ def compiled_kernel(kernel: Callable[..., Any], args: Sequence[Tensor | None],
     In ``"compile"`` mode it is compiled on first request (see the module docstring) and cached;
     ``inline`` compiles the kernel as one loop nest without intermediate buffers
     (:data:`INLINE_OPTIONS`). Otherwise the kernel runs eagerly. A loop that calls one kernel
-    many times with the same kinds of inputs asks once and calls the result.
+    many times with the same kinds of inputs uses :func:`loop_kernel`.
 
     ``standalone=False`` compiles with ``torch.compile(dynamic=True)`` even where the standalone
     path exists: for the fused activation's one-loop kernels over large inputs it generates code
@@ -216,3 +216,21 @@ def run_kernel(kernel: Callable[..., Any], *args: Tensor | None, static: tuple[A
     contiguous."""
     args = tuple(None if a is None else a.contiguous() for a in args)
     return compiled_kernel(kernel, args, static, inline, standalone)(*args)
+
+
+class _FirstCall:
+    def __init__(self, kernel: Callable[..., Any], static: tuple[Any, ...], inline: bool) -> None:
+        self._kernel, self._static, self._inline = kernel, static, inline
+        self._run: Callable[..., Any] | None = None
+
+    def __call__(self, *args: Tensor | None) -> Any:
+        if self._run is None:
+            self._run = compiled_kernel(self._kernel, args, self._static, self._inline)
+        return self._run(*args)
+
+
+def loop_kernel(kernel: Callable[..., Any], static: tuple[Any, ...] = (),
+                inline: bool = False) -> Callable[..., Any]:
+    """``kernel(*a, *static)`` for a loop whose calls all have the signature of the first one
+    (contiguous tensors): :func:`compiled_kernel` is looked up once, at the first call."""
+    return _FirstCall(kernel, static, inline)

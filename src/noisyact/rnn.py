@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from .compiler import compiled_kernel, fused_mode, run_kernel
+from .compiler import fused_mode, loop_kernel, run_kernel
 from .functional import HALF_NORMAL_MEAN, VARIANTS
 from .fused import compute_dtype, constants, unit_backward, unit_code, unit_forward
 from .modules import HardSigmoid, NoisyHardSigmoid, NoisyHardTanh
@@ -317,8 +317,7 @@ class _LSTMLayer(torch.autograd.Function):
         units = _contiguous(pg, pc, po, *consts)
         src = _LayerNoise(noise, key)
         xi = src.values((T, B, 5 * h.shape[-1]), xp)
-        step = compiled_kernel(_lstm_fwd_step, (xp[0], h, c, w_t, src.at(xi, 0),
-                                                _step_mask(mask, 0), *units), codes)
+        step = loop_kernel(_lstm_fwd_step, codes)
         pres, hs, h_prev, c_prev = [], [], [], []
         for t in range(T):
             h_prev.append(h)
@@ -344,9 +343,7 @@ class _LSTMLayer(torch.autograd.Function):
         d_hs, dh, dc = _contiguous(d_hs, d_h, d_c)
         acc = torch.zeros(B, 5 * H, dtype=consts[0].dtype, device=out.device)
         units = (pg, pc, po, *consts)
-        step = compiled_kernel(_lstm_bwd_step, (dh, d_hs[0], dc, pres[0], c_prev[0],
-                                                src.at(xi, 0), w, acc, _step_mask(mask, 0),
-                                                *units), ctx.codes, inline=True)
+        step = loop_kernel(_lstm_bwd_step, ctx.codes, inline=True)
         d_pres = [pres[0]] * T
         for t in range(T - 1, -1, -1):
             d_pres[t], dh, dc, acc = step(dh, d_hs[t], dc, pres[t], c_prev[t], src.at(xi, t), w,
@@ -355,8 +352,8 @@ class _LSTMLayer(torch.autograd.Function):
         d_w = _recurrent_weight_grad(d_pre, ctx.h_prev, out, mask)
         dp = acc.sum(0)
         return (d_pre, dh, dc, d_w.to(w_hh.dtype), dp[:3 * H].to(pg.dtype),
-                dp[3 * H:4 * H].to(pc.dtype),
-                dp[4 * H:].to(po.dtype), None, None, None, None, None)
+                dp[3 * H:4 * H].to(pc.dtype), dp[4 * H:].to(po.dtype), None, None, None, None,
+                None)
 
 
 class _GRULayer(torch.autograd.Function):
@@ -370,8 +367,7 @@ class _GRULayer(torch.autograd.Function):
         units = _contiguous(pg, pc, *consts)
         src = _LayerNoise(noise, key)
         xi = src.values((T, B, G), gi)
-        step = compiled_kernel(_gru_fwd_step, (gi[0], h, w_t, b, src.at(xi, 0),
-                                               _step_mask(mask, 0), *units), codes)
+        step = loop_kernel(_gru_fwd_step, codes)
         ghs, hs, h_prev = [], [], []
         for t in range(T):
             h_prev.append(h)
@@ -396,9 +392,7 @@ class _GRULayer(torch.autograd.Function):
         d_hs, dh = _contiguous(d_hs, d_h)
         acc = torch.zeros(B, G, dtype=consts[0].dtype, device=gi.device)
         units = (pg, pc, *consts)
-        step = compiled_kernel(_gru_bwd_step, (dh, d_hs[0], gi[0], ghs[0], h_prev[0],
-                                               src.at(xi, 0), w, acc, _step_mask(mask, 0),
-                                               *units), ctx.codes, inline=True)
+        step = loop_kernel(_gru_bwd_step, ctx.codes, inline=True)
         d_gi, d_gh = [gi[0]] * T, [gi[0]] * T
         for t in range(T - 1, -1, -1):
             d_gi[t], d_gh[t], dh, acc = step(dh, d_hs[t], gi[t], ghs[t], h_prev[t],
