@@ -139,53 +139,65 @@ def gru_step(acts: RecurrentUnits, gi: Tensor, gh: Tensor, h_prev: Tensor) -> Te
 # ---------------------------------------------------------------------------------------------
 # Fused steps: one compiled call per time step, the recurrent matrix product and one pass over
 # all units of the layer, their noise read from ξ (pure tensor functions: see noisyact.compiler).
+# In training the forward step also returns the step's backward coefficients ``s``: every
+# derivative the backward step needs, so that it neither redraws ξ nor evaluates a unit again.
+
+
+def _unit_value(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor, code: int,
+                half: bool) -> tuple[Tensor, None, None]:
+    """:func:`unit_forward` shaped like :func:`unit_backward` (no derivatives)."""
+    return unit_forward(x, p, xi, c, hp, code, half), None, None
 
 
 def _lstm_fwd_step(xp: Tensor, h: Tensor, c: Tensor, w_t: Tensor, xi: Tensor, m: Tensor | None,
                    pg: Tensor, pc: Tensor, po: Tensor, cg: Tensor, cc: Tensor, co: Tensor,
                    hg: Tensor, hc: Tensor, ho: Tensor, kg: int, sg: bool, kc: int, sc: bool,
-                   ko: int, so: bool) -> tuple[Tensor, ...]:
-    """(pre-activations, h, c[, output]) of one step; with a mask ``m`` (B, 1) the states are
-    kept where a sequence has ended and the output is zero there."""
+                   ko: int, so: bool, save: bool) -> tuple[Tensor, ...]:
+    """(h, c[, output][, s]) of one step; with a mask ``m`` (B, 1) the states are kept where a
+    sequence has ended and the output is zero there. With ``save``, ``s`` (B, 11H) holds the
+    backward coefficients (see :func:`_lstm_bwd_step`)."""
     pre = xp + h @ w_t  # not addmm: that copies xp into its output before the product
     H = c.shape[-1]
-    i = unit_forward(pre[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
-    f = unit_forward(pre[:, H:2 * H], pg[H:2 * H], xi[:, H:2 * H], cg, hg, kg, sg)
-    g = unit_forward(pre[:, 2 * H:3 * H], pc, xi[:, 3 * H:4 * H], cc, hc, kc, sc)
-    o = unit_forward(pre[:, 3 * H:], pg[2 * H:], xi[:, 2 * H:3 * H], cg, hg, kg, sg)
-    c_new = f * c.to(f.dtype) + i * g
-    h_new = (o * unit_forward(c_new, po, xi[:, 4 * H:], co, ho, ko, so)).to(pre.dtype)
-    c_new = c_new.to(pre.dtype)
-    if m is None:
-        return pre, h_new, c_new
-    return pre, torch.where(m, h_new, h), torch.where(m, c_new, c), h_new * m
+    unit = unit_backward if save else _unit_value
+    i, di_x, di_p = unit(pre[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
+    f, df_x, df_p = unit(pre[:, H:2 * H], pg[H:2 * H], xi[:, H:2 * H], cg, hg, kg, sg)
+    g, dg_x, dg_p = unit(pre[:, 2 * H:3 * H], pc, xi[:, 3 * H:4 * H], cc, hc, kc, sc)
+    o, do_x, do_p = unit(pre[:, 3 * H:], pg[2 * H:], xi[:, 2 * H:3 * H], cg, hg, kg, sg)
+    cp = c.to(f.dtype)
+    c_new = f * cp + i * g
+    tc, dt_x, dt_p = unit(c_new, po, xi[:, 4 * H:], co, ho, ko, so)
+    h_new, c_new = (o * tc).to(pre.dtype), c_new.to(pre.dtype)
+    out = (h_new, c_new) if m is None else (torch.where(m, h_new, h), torch.where(m, c_new, c),
+                                            h_new * m)
+    if not save:
+        return out
+    # ∂pre = d_c·[g ∂i, c ∂f, i ∂g] and dh·o' ∂o with d_c = dc + dh·o ∂t; ∂p likewise
+    s = torch.cat([g * di_x, cp * df_x, i * dg_x, tc * do_x, g * di_p, cp * df_p, tc * do_p,
+                   i * dg_p, o * dt_x, o * dt_p, f], dim=1)
+    return (*out, s)
 
 
-def _lstm_bwd_step(dh: Tensor, dh_out: Tensor, dc: Tensor, pre: Tensor, c_prev: Tensor,
-                   xi: Tensor, w: Tensor, acc: Tensor, m: Tensor | None, pg: Tensor, pc: Tensor,
-                   po: Tensor, cg: Tensor, cc: Tensor, co: Tensor, hg: Tensor, hc: Tensor,
-                   ho: Tensor, kg: int, sg: bool, kc: int, sc: bool, ko: int,
-                   so: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Backward of one step: (∂/∂pre, ∂/∂h_prev, ∂/∂c_prev, acc + grad·∂φ/∂p per element in the
-    order of ξ: gates i, f, o, candidate, cell). ``dh``/``dc`` come from the later step,
-    ``dh_out`` from this step's output."""
-    H = c_prev.shape[-1]
+def _accumulate(acc: Tensor, parts: list[Tensor]) -> Tensor:
+    """``acc + cat(parts, 1)`` added part by part (one loop nest, no concatenated temporary)."""
+    H = parts[0].shape[1]
+    return torch.cat([acc[:, j * H:(j + 1) * H] + x for j, x in enumerate(parts)], dim=1)
+
+
+def _lstm_bwd_step(dh: Tensor, dh_out: Tensor, dc: Tensor, s: Tensor, w: Tensor, acc: Tensor,
+                   m: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Backward of one step from its coefficients ``s``: (∂/∂pre, ∂/∂h_prev, ∂/∂c_prev,
+    acc + grad·∂φ/∂p per element in the order of ξ: gates i, f, o, candidate, cell). ``dh``/``dc``
+    come from the later step, ``dh_out`` from this step's output."""
+    H = dh.shape[-1]
     dh_in, dc_in = dh + dh_out, dc
     if m is not None:
         dh_in, dc_in = torch.where(m, dh_in, 0.0), torch.where(m, dc, 0.0)
-    i, di_x, di_p = unit_backward(pre[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
-    f, df_x, df_p = unit_backward(pre[:, H:2 * H], pg[H:2 * H], xi[:, H:2 * H], cg, hg, kg, sg)
-    g, dg_x, dg_p = unit_backward(pre[:, 2 * H:3 * H], pc, xi[:, 3 * H:4 * H], cc, hc, kc, sc)
-    o, do_x, do_p = unit_backward(pre[:, 3 * H:], pg[2 * H:], xi[:, 2 * H:3 * H], cg, hg, kg, sg)
-    cp = c_prev.to(i.dtype)
-    tc, dt_x, dt_p = unit_backward(f * cp + i * g, po, xi[:, 4 * H:], co, ho, ko, so)
-    dhf = dh_in.to(i.dtype)
-    d_o, d_t = dhf * tc, dhf * o
-    d_c = dc_in.to(i.dtype) + d_t * dt_x
-    d_i, d_f, d_g = d_c * g, d_c * cp, d_c * i
-    dpre = torch.cat([d_i * di_x, d_f * df_x, d_g * dg_x, d_o * do_x], dim=1).to(pre.dtype)
-    acc = acc + torch.cat([d_i * di_p, d_f * df_p, d_o * do_p, d_g * dg_p, d_t * dt_p], dim=1)
-    dh_prev, dc_prev = dpre @ w, (d_c * f).to(pre.dtype)
+    a_i, a_f, a_g, a_o, p_i, p_f, p_o, p_g, t_x, t_p, f = s.split(H, dim=1)
+    dhf = dh_in.to(s.dtype)
+    d_c = dc_in.to(s.dtype) + dhf * t_x
+    dpre = torch.cat([d_c * a_i, d_c * a_f, d_c * a_g, dhf * a_o], dim=1).to(dh.dtype)
+    acc = _accumulate(acc, [d_c * p_i, d_c * p_f, dhf * p_o, d_c * p_g, dhf * t_p])
+    dh_prev, dc_prev = dpre @ w, (d_c * f).to(dh.dtype)
     if m is not None:
         dh_prev, dc_prev = dh_prev + torch.where(m, 0.0, dh), dc_prev + torch.where(m, 0.0, dc)
     return dpre, dh_prev, dc_prev, acc
@@ -193,43 +205,43 @@ def _lstm_bwd_step(dh: Tensor, dh_out: Tensor, dc: Tensor, pre: Tensor, c_prev: 
 
 def _gru_fwd_step(gi: Tensor, h: Tensor, w_t: Tensor, b: Tensor, xi: Tensor, m: Tensor | None,
                   pg: Tensor, pc: Tensor, cg: Tensor, cc: Tensor, hg: Tensor, hc: Tensor, kg: int,
-                  sg: bool, kc: int, sc: bool) -> tuple[Tensor, ...]:
-    """(U h + b_h, h[, output]) of one step (mask as in :func:`_lstm_fwd_step`)."""
+                  sg: bool, kc: int, sc: bool, save: bool) -> tuple[Tensor, ...]:
+    """(h[, output][, s]) of one step (mask as in :func:`_lstm_fwd_step`); ``s`` (B, 8H): the
+    backward coefficients (see :func:`_gru_bwd_step`)."""
     gh = b + h @ w_t
     H = h.shape[-1]
-    r = unit_forward(gi[:, :H] + gh[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
-    z = unit_forward(gi[:, H:2 * H] + gh[:, H:2 * H], pg[H:], xi[:, H:2 * H], cg, hg, kg, sg)
-    n = unit_forward(gi[:, 2 * H:] + r * gh[:, 2 * H:], pc, xi[:, 2 * H:], cc, hc, kc, sc)
-    h_new = ((1.0 - z) * n + z * h.to(z.dtype)).to(gi.dtype)
-    if m is None:
-        return gh, h_new
-    return gh, torch.where(m, h_new, h), h_new * m
+    unit = unit_backward if save else _unit_value
+    r, dr_x, dr_p = unit(gi[:, :H] + gh[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
+    z, dz_x, dz_p = unit(gi[:, H:2 * H] + gh[:, H:2 * H], pg[H:], xi[:, H:2 * H], cg, hg, kg, sg)
+    hn = gh[:, 2 * H:].to(r.dtype)
+    n, dn_x, dn_p = unit(gi[:, 2 * H:] + r * hn, pc, xi[:, 2 * H:], cc, hc, kc, sc)
+    hp = h.to(z.dtype)
+    h_new = ((1.0 - z) * n + z * hp).to(gi.dtype)
+    out = (h_new,) if m is None else (torch.where(m, h_new, h), h_new * m)
+    if not save:
+        return out
+    # every gradient of the step is dh times one of these: ∂n-input, ∂r-input, ∂z-input, ...
+    a_n, e_r = (1.0 - z) * dn_x, hp - n
+    s = torch.cat([a_n * hn * dr_x, e_r * dz_x, a_n, a_n * r, a_n * hn * dr_p, e_r * dz_p,
+                   (1.0 - z) * dn_p, z], dim=1)
+    return (*out, s)
 
 
-def _gru_bwd_step(dh: Tensor, dh_out: Tensor, gi: Tensor, gh: Tensor, h_prev: Tensor, xi: Tensor,
-                  w: Tensor, acc: Tensor, m: Tensor | None, pg: Tensor, pc: Tensor, cg: Tensor,
-                  cc: Tensor, hg: Tensor, hc: Tensor, kg: int, sg: bool, kc: int,
-                  sc: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Backward of one step: (∂/∂gi, ∂/∂gh, ∂/∂h_prev, acc + grad·∂φ/∂p per element: r, z, n)."""
-    H = h_prev.shape[-1]
+def _gru_bwd_step(dh: Tensor, dh_out: Tensor, s: Tensor, w: Tensor, acc: Tensor,
+                  m: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Backward of one step from its coefficients ``s``: (∂/∂gi, ∂/∂gh, ∂/∂h_prev,
+    acc + grad·∂φ/∂p per element: r, z, n)."""
+    H = dh.shape[-1]
     dh_in = dh + dh_out
     if m is not None:
         dh_in = torch.where(m, dh_in, 0.0)
-    r, dr_x, dr_p = unit_backward(gi[:, :H] + gh[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
-    z, dz_x, dz_p = unit_backward(gi[:, H:2 * H] + gh[:, H:2 * H], pg[H:], xi[:, H:2 * H], cg, hg,
-                                  kg, sg)
-    hn = gh[:, 2 * H:].to(r.dtype)
-    n, dn_x, dn_p = unit_backward(gi[:, 2 * H:] + r * hn, pc, xi[:, 2 * H:], cc, hc, kc, sc)
-    dhf = dh_in.to(r.dtype)
-    d_n = dhf * (1.0 - z)
-    d_z = dhf * (h_prev.to(r.dtype) - n)
-    da_n = d_n * dn_x
-    d_r = da_n * hn
-    da_r, da_z = d_r * dr_x, d_z * dz_x
-    dgi = torch.cat([da_r, da_z, da_n], dim=1).to(gi.dtype)
-    dgh = torch.cat([da_r, da_z, da_n * r], dim=1).to(gi.dtype)
-    acc = acc + torch.cat([d_r * dr_p, d_z * dz_p, d_n * dn_p], dim=1)
-    dh_prev = (dhf * z).to(gi.dtype) + dgh @ w
+    a_r, a_z, a_n, a_nr, p_r, p_z, p_n, z = s.split(H, dim=1)
+    dhf = dh_in.to(s.dtype)
+    da_r, da_z = dhf * a_r, dhf * a_z
+    dgi = torch.cat([da_r, da_z, dhf * a_n], dim=1).to(dh.dtype)
+    dgh = torch.cat([da_r, da_z, dhf * a_nr], dim=1).to(dh.dtype)
+    acc = _accumulate(acc, [dhf * p_r, dhf * p_z, dhf * p_n])
+    dh_prev = (dhf * z).to(dh.dtype) + dgh @ w
     if m is not None:
         dh_prev = dh_prev + torch.where(m, 0.0, dh)
     return dgi, dgh, dh_prev, acc
@@ -271,23 +283,19 @@ def _advance(m: Tensor | None, new: tuple[Tensor, ...],
     return tuple(torch.where(m, n, o) for n, o in zip(new, old, strict=True)), new[0] * m
 
 
-class _LayerNoise:
-    """ξ of every step of one layer: the eval expectation (B, G), the whole sequence's ξ
-    (T, B, G) drawn with :func:`torch.randn`, or counter noise (T, B, G) from one key, generated
-    by one compiled call in forward and again in backward instead of being saved."""
+def _sequence_noise(noise: Tensor | None, key: Tensor | None, shape: tuple[int, int, int],
+                    like: Tensor) -> Tensor:
+    """ξ of every step of one layer: ``noise`` as given (the eval expectation (B, G), or
+    (T, B, G) drawn with :func:`torch.randn`), or counter noise (T, B, G) from ``key``, generated
+    by one compiled call."""
+    if key is None:
+        assert noise is not None
+        return noise
+    return run_kernel(_layer_noise, like.new_empty(shape), key)
 
-    def __init__(self, noise: Tensor | None, key: Tensor | None) -> None:
-        self.noise, self.key = noise, key
 
-    def values(self, shape: tuple[int, int, int], like: Tensor) -> Tensor:
-        if self.key is None:
-            assert self.noise is not None
-            return self.noise
-        return run_kernel(_layer_noise, like.new_empty(shape), self.key)
-
-    @staticmethod
-    def at(xi: Tensor, t: int) -> Tensor:
-        return xi[t] if xi.dim() == 3 else xi
+def _noise_at(xi: Tensor, t: int) -> Tensor:
+    return xi[t] if xi.dim() == 3 else xi
 
 
 def _recurrent_weight_grad(d_pre: Tensor, h_prev: list[Tensor], out: Tensor,
@@ -315,39 +323,34 @@ class _LSTMLayer(torch.autograd.Function):
         w_t = w_hh.to(xp.dtype).t().contiguous()
         h, c = h0.to(xp.dtype).contiguous(), c0.to(xp.dtype).contiguous()
         units = _contiguous(pg, pc, po, *consts)
-        src = _LayerNoise(noise, key)
-        xi = src.values((T, B, 5 * h.shape[-1]), xp)
-        step = loop_kernel(_lstm_fwd_step, codes)
-        pres, hs, h_prev, c_prev = [], [], [], []
+        xi = _sequence_noise(noise, key, (T, B, 5 * h.shape[-1]), xp)
+        save = any(ctx.needs_input_grad)
+        step = loop_kernel(_lstm_fwd_step, (*codes, save))
+        coeffs, hs, h_prev = [], [], []
         for t in range(T):
             h_prev.append(h)
-            c_prev.append(c)
-            pre, h, c, *out = step(xp[t], h, c, w_t, src.at(xi, t), _step_mask(mask, t), *units)
-            pres.append(pre)
-            hs.append(out[0] if out else h)
+            h, c, *rest = step(xp[t], h, c, w_t, _noise_at(xi, t), _step_mask(mask, t), *units)
+            hs.append(rest[0] if mask is not None else h)
+            if save:
+                coeffs.append(rest[-1])
         out = torch.stack(hs)
-        ctx.save_for_backward(out, w_hh, *units, noise, key, mask)
-        ctx.pres, ctx.h_prev, ctx.c_prev = pres, h_prev, c_prev
-        ctx.codes = codes
+        ctx.save_for_backward(out, w_hh, pg, pc, po, mask)
+        ctx.coeffs, ctx.h_prev = coeffs, h_prev
         return out, h, c
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hs, d_h, d_c):  # type: ignore[override]
-        out, w_hh, pg, pc, po, *consts, noise, key, mask = ctx.saved_tensors
-        pres, c_prev = ctx.pres, ctx.c_prev
+        out, w_hh, pg, pc, po, mask = ctx.saved_tensors
+        coeffs = ctx.coeffs
         T, B, H = out.shape
         w = w_hh.to(out.dtype).contiguous()
-        src = _LayerNoise(noise, key)
-        xi = src.values((T, B, 5 * H), out)
         d_hs, dh, dc = _contiguous(d_hs, d_h, d_c)
-        acc = torch.zeros(B, 5 * H, dtype=consts[0].dtype, device=out.device)
-        units = (pg, pc, po, *consts)
-        step = loop_kernel(_lstm_bwd_step, ctx.codes, inline=True)
-        d_pres = [pres[0]] * T
+        acc = torch.zeros(B, 5 * H, dtype=coeffs[0].dtype, device=out.device)
+        step = loop_kernel(_lstm_bwd_step, inline=True)
+        d_pres = [out[0]] * T
         for t in range(T - 1, -1, -1):
-            d_pres[t], dh, dc, acc = step(dh, d_hs[t], dc, pres[t], c_prev[t], src.at(xi, t), w,
-                                          acc, _step_mask(mask, t), *units)
+            d_pres[t], dh, dc, acc = step(dh, d_hs[t], dc, coeffs[t], w, acc, _step_mask(mask, t))
         d_pre = torch.stack(d_pres)
         d_w = _recurrent_weight_grad(d_pre, ctx.h_prev, out, mask)
         dp = acc.sum(0)
@@ -365,43 +368,38 @@ class _GRULayer(torch.autograd.Function):
         b = b_hh.to(gi.dtype).contiguous()
         h = h0.to(gi.dtype).contiguous()
         units = _contiguous(pg, pc, *consts)
-        src = _LayerNoise(noise, key)
-        xi = src.values((T, B, G), gi)
-        step = loop_kernel(_gru_fwd_step, codes)
-        ghs, hs, h_prev = [], [], []
+        xi = _sequence_noise(noise, key, (T, B, G), gi)
+        save = any(ctx.needs_input_grad)
+        step = loop_kernel(_gru_fwd_step, (*codes, save))
+        coeffs, hs, h_prev = [], [], []
         for t in range(T):
             h_prev.append(h)
-            gh, h, *out = step(gi[t], h, w_t, b, src.at(xi, t), _step_mask(mask, t), *units)
-            ghs.append(gh)
-            hs.append(out[0] if out else h)
+            h, *rest = step(gi[t], h, w_t, b, _noise_at(xi, t), _step_mask(mask, t), *units)
+            hs.append(rest[0] if mask is not None else h)
+            if save:
+                coeffs.append(rest[-1])
         out = torch.stack(hs)
-        ctx.save_for_backward(gi, out, w_hh, b_hh, *units, noise, key, mask)
-        ctx.ghs, ctx.h_prev = ghs, h_prev
-        ctx.codes = codes
+        ctx.save_for_backward(out, w_hh, b_hh, pg, pc, mask)
+        ctx.coeffs, ctx.h_prev = coeffs, h_prev
         return out, h
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hs, d_h):  # type: ignore[override]
-        gi, out, w_hh, b_hh, pg, pc, *consts, noise, key, mask = ctx.saved_tensors
-        ghs, h_prev = ctx.ghs, ctx.h_prev
-        T, B, G = gi.shape
-        w = w_hh.to(gi.dtype).contiguous()
-        src = _LayerNoise(noise, key)
-        xi = src.values((T, B, G), gi)
+        out, w_hh, b_hh, pg, pc, mask = ctx.saved_tensors
+        coeffs = ctx.coeffs
+        T, B, H = out.shape
+        w = w_hh.to(out.dtype).contiguous()
         d_hs, dh = _contiguous(d_hs, d_h)
-        acc = torch.zeros(B, G, dtype=consts[0].dtype, device=gi.device)
-        units = (pg, pc, *consts)
-        step = loop_kernel(_gru_bwd_step, ctx.codes, inline=True)
-        d_gi, d_gh = [gi[0]] * T, [gi[0]] * T
+        acc = torch.zeros(B, 3 * H, dtype=coeffs[0].dtype, device=out.device)
+        step = loop_kernel(_gru_bwd_step, inline=True)
+        d_gi, d_gh = [out[0]] * T, [out[0]] * T
         for t in range(T - 1, -1, -1):
-            d_gi[t], d_gh[t], dh, acc = step(dh, d_hs[t], gi[t], ghs[t], h_prev[t],
-                                             src.at(xi, t), w, acc, _step_mask(mask, t), *units)
+            d_gi[t], d_gh[t], dh, acc = step(dh, d_hs[t], coeffs[t], w, acc, _step_mask(mask, t))
         d_gh_all = torch.stack(d_gh)
-        d_w = _recurrent_weight_grad(d_gh_all, h_prev, out, mask)
-        d_b = d_gh_all.reshape(-1, G).sum(0)
+        d_w = _recurrent_weight_grad(d_gh_all, ctx.h_prev, out, mask)
+        d_b = d_gh_all.reshape(-1, 3 * H).sum(0)
         dp = acc.sum(0)
-        H = G // 3
         return (torch.stack(d_gi), dh, d_w.to(w_hh.dtype), d_b.to(b_hh.dtype),
                 dp[:2 * H].to(pg.dtype), dp[2 * H:].to(pc.dtype), None, None, None, None, None)
 
@@ -529,7 +527,7 @@ class _NoisyRNNBase(nn.Module):
 
     def _noise(self, specs: list[tuple[Any, ...]], sizes: list[int], T: int, B: int,
                like: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """(ξ, key) for the fused layer (see :class:`_LayerNoise`): in training one key for the
+        """(ξ, key) for the fused layer (see :func:`_sequence_noise`): in training one key for the
         counter noise of the whole sequence (noise source "kernel") or ξ of shape (T, B, G) from
         :func:`torch.randn` ("torch"); in eval E[ε] of shape (B, G), without a random op."""
         total = sum(sizes)
