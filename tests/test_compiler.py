@@ -105,3 +105,54 @@ def test_loop_kernel_compiles_at_its_first_call(compile_mode, monkeypatch):
         args = (torch.randn(n, 4), torch.randn(1, 4), None)
         torch.testing.assert_close(step(*args)[0], _kernel(*args, 2.0)[0])
     assert len(compiler._state["compiled"]) == 1
+
+
+def test_direct_call_equals_the_wrapped_artifact(compile_mode, monkeypatch):
+    """Outside autograd the compiled module is called directly (no AOT/Dynamo wrappers); with
+    grad mode on the artifact is called. Both give the eager numbers, a single output unwrapped."""
+    monkeypatch.setitem(compiler._state, "compiled", {})
+    args = (torch.randn(3, 4), torch.randn(1, 4), None)
+    k = compiler.compiled_kernel(_kernel, args, (2.0,))
+    assert k._compiled._direct is not None
+    want = _kernel(*args, 2.0)
+    with torch.no_grad():
+        direct = k(*args)
+    wrapped = k(*args)
+    for got in (direct, wrapped):
+        assert got[1] is None
+        torch.testing.assert_close(got[0], want[0])
+        torch.testing.assert_close(got[2], want[2])
+    single = compiler.compiled_kernel(torch.sin, (args[0],))
+    with torch.no_grad():
+        torch.testing.assert_close(single(args[0]), torch.sin(args[0]))
+    torch.testing.assert_close(single(args[0]), torch.sin(args[0]))
+
+
+def test_compiled_kernels_refuse_non_contiguous_arguments(compile_mode):
+    """Compiled code assumes row-major strides (its size asserts are off): a strided argument
+    is an error at lookup, not a silent wrong read."""
+    x = torch.randn(6, 4).t()
+    with pytest.raises(ValueError, match="argument 0 is not contiguous"):
+        compiler.compiled_kernel(_kernel, (x, torch.randn(1, 6), None), (2.0,))
+
+
+def test_c_plus_plus_wrapper_failure_retries_with_the_python_wrapper(compile_mode, monkeypatch):
+    import torch._inductor
+    import torch._inductor.config as inductor_config
+
+    real = torch._inductor.standalone_compile
+    tried = []
+
+    def no_cpp_wrapper(*args, **kwargs):
+        tried.append(inductor_config.cpp_wrapper)
+        if inductor_config.cpp_wrapper:
+            raise RuntimeError("no C++ wrapper here")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch._inductor, "standalone_compile", no_cpp_wrapper)
+    monkeypatch.setitem(compiler._state, "compiled", {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback to eager
+        _check((torch.randn(3, 4), torch.randn(1, 4), None), scale=5.0)
+    assert tried == [True, False]
+    assert noisyact.fused_mode() == "compile"

@@ -179,6 +179,24 @@ def test_fused_and_generic_paths_agree_in_eval(cls, variant):
 
 
 @pytest.mark.parametrize("cls", [NoisyLSTM, NoisyGRU])
+@pytest.mark.parametrize("mode", ["eager", "compile"])
+def test_training_forward_without_grad_equals_forward_with_grad(cls, mode):
+    """A training-mode forward that autograd will differentiate also returns each step's backward
+    coefficients (another kernel); without grad it does not. Same noise, same outputs."""
+    noisyact.set_fused_mode(mode)
+    torch.manual_seed(0)
+    m = cls(4, 6, num_layers=2, variant="NAH", generator=torch.Generator())
+    x = torch.randn(5, 3, 4) * 2
+    m.generator.manual_seed(3)
+    with torch.no_grad():
+        a = m(x)[0]
+    m.generator.manual_seed(3)
+    b = m(x)[0]
+    assert b.requires_grad and not a.requires_grad
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls", [NoisyLSTM, NoisyGRU])
 @pytest.mark.parametrize("path", ["eager", "off"])
 def test_packed_sequences(cls, path):
     """Packed input = running each sequence alone (no state leaks through padding)."""

@@ -109,15 +109,25 @@ class _Standalone:
 
         example = [a.detach() for a in args if a is not None]
         # duck sizing off while tracing *and* compiling (the compiler fakifies the inputs again);
-        # no size asserts (the arguments are contiguous by contract, checked at the first call);
-        # the AOT cache off so that Inductor's own compile (itself cached) is always reached
+        # no size asserts (the arguments are contiguous by contract, checked at lookup); the AOT
+        # cache off so that Inductor's own compile (itself cached) is always reached
         with fx_config.patch(use_duck_shape=False):
             with torch.no_grad():
                 gm = make_fx(graph_fn, tracing_mode="symbolic")(*example)
-            with inductor_config.patch({**_inductor_options(inline), "size_asserts": False}), \
-                    functorch_config.patch(enable_autograd_cache=False):
-                self._artifact = standalone_compile(gm, example, dynamic_shapes="from_graph",
-                                                    options={"inner_compile": inner_compile})
+            for cpp_wrapper in (True, False):  # a C++ wrapper calls faster, if it builds
+                options = {**_inductor_options(inline), "size_asserts": False,
+                           "cpp_wrapper": cpp_wrapper}
+                try:
+                    with inductor_config.patch(options), \
+                            functorch_config.patch(enable_autograd_cache=False):
+                        self._artifact = standalone_compile(
+                            gm, example, dynamic_shapes="from_graph",
+                            options={"inner_compile": inner_compile})
+                    break
+                except Exception:
+                    if not cpp_wrapper:
+                        raise
+                    graphs.clear()
         self._layout = layout[0]
         # Inductor's compiled module, called directly: the artifact's wrappers (AOT runtime
         # wrapper, Dynamo's disable wrapper) cost 10-15 µs a call and do nothing for a pure

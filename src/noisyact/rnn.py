@@ -156,17 +156,23 @@ def _lstm_fwd_step(xp: Tensor, h: Tensor, c: Tensor, w_t: Tensor, xi: Tensor, m:
     """(h, c[, output][, s]) of one step; with a mask ``m`` (B, 1) the states are kept where a
     sequence has ended and the output is zero there. With ``save``, ``s`` (B, 11H) holds the
     backward coefficients (see :func:`_lstm_bwd_step`)."""
-    pre = xp + h @ w_t  # not addmm: that copies xp into its output before the product
+    hw = h @ w_t
     H = c.shape[-1]
+
+    def pre(j: int) -> Tensor:
+        # added gate by gate inside the units' loop: written as xp + h @ w_t, the compiler
+        # makes it an addmm, which first copies xp into its output
+        return xp[:, j * H:(j + 1) * H] + hw[:, j * H:(j + 1) * H]
+
     unit = unit_backward if save else _unit_value
-    i, di_x, di_p = unit(pre[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
-    f, df_x, df_p = unit(pre[:, H:2 * H], pg[H:2 * H], xi[:, H:2 * H], cg, hg, kg, sg)
-    g, dg_x, dg_p = unit(pre[:, 2 * H:3 * H], pc, xi[:, 3 * H:4 * H], cc, hc, kc, sc)
-    o, do_x, do_p = unit(pre[:, 3 * H:], pg[2 * H:], xi[:, 2 * H:3 * H], cg, hg, kg, sg)
+    i, di_x, di_p = unit(pre(0), pg[:H], xi[:, :H], cg, hg, kg, sg)
+    f, df_x, df_p = unit(pre(1), pg[H:2 * H], xi[:, H:2 * H], cg, hg, kg, sg)
+    g, dg_x, dg_p = unit(pre(2), pc, xi[:, 3 * H:4 * H], cc, hc, kc, sc)
+    o, do_x, do_p = unit(pre(3), pg[2 * H:], xi[:, 2 * H:3 * H], cg, hg, kg, sg)
     cp = c.to(f.dtype)
     c_new = f * cp + i * g
     tc, dt_x, dt_p = unit(c_new, po, xi[:, 4 * H:], co, ho, ko, so)
-    h_new, c_new = (o * tc).to(pre.dtype), c_new.to(pre.dtype)
+    h_new, c_new = (o * tc).to(xp.dtype), c_new.to(xp.dtype)
     out = (h_new, c_new) if m is None else (torch.where(m, h_new, h), torch.where(m, c_new, c),
                                             h_new * m)
     if not save:
@@ -208,12 +214,16 @@ def _gru_fwd_step(gi: Tensor, h: Tensor, w_t: Tensor, b: Tensor, xi: Tensor, m: 
                   sg: bool, kc: int, sc: bool, save: bool) -> tuple[Tensor, ...]:
     """(h[, output][, s]) of one step (mask as in :func:`_lstm_fwd_step`); ``s`` (B, 8H): the
     backward coefficients (see :func:`_gru_bwd_step`)."""
-    gh = b + h @ w_t
+    hw = h @ w_t
     H = h.shape[-1]
+
+    def gh(j: int) -> Tensor:  # U h + b_h of one gate (not as one addmm: see _lstm_fwd_step)
+        return b[j * H:(j + 1) * H] + hw[:, j * H:(j + 1) * H]
+
     unit = unit_backward if save else _unit_value
-    r, dr_x, dr_p = unit(gi[:, :H] + gh[:, :H], pg[:H], xi[:, :H], cg, hg, kg, sg)
-    z, dz_x, dz_p = unit(gi[:, H:2 * H] + gh[:, H:2 * H], pg[H:], xi[:, H:2 * H], cg, hg, kg, sg)
-    hn = gh[:, 2 * H:].to(r.dtype)
+    r, dr_x, dr_p = unit(gi[:, :H] + gh(0), pg[:H], xi[:, :H], cg, hg, kg, sg)
+    z, dz_x, dz_p = unit(gi[:, H:2 * H] + gh(1), pg[H:], xi[:, H:2 * H], cg, hg, kg, sg)
+    hn = gh(2).to(r.dtype)
     n, dn_x, dn_p = unit(gi[:, 2 * H:] + r * hn, pc, xi[:, 2 * H:], cc, hc, kc, sc)
     hp = h.to(z.dtype)
     h_new = ((1.0 - z) * n + z * hp).to(gi.dtype)
@@ -311,20 +321,24 @@ def _recurrent_weight_grad(d_pre: Tensor, h_prev: list[Tensor], out: Tensor,
     return d_w
 
 
+def _needs_grad(*ts: Tensor) -> bool:
+    """Whether autograd will ask a layer for gradients (then its forward saves coefficients)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
 def _contiguous(*ts: Tensor) -> list[Tensor]:
     return [t.contiguous() for t in ts]
 
 
 class _LSTMLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xp, h0, c0, w_hh, pg, pc, po, consts, codes, noise, key, mask):  # type: ignore[override]
+    def forward(ctx, xp, h0, c0, w_hh, pg, pc, po, consts, codes, noise, key, mask, save):  # type: ignore[override]
         T, B = xp.shape[:2]
         xp = xp.contiguous()
         w_t = w_hh.to(xp.dtype).t().contiguous()
         h, c = h0.to(xp.dtype).contiguous(), c0.to(xp.dtype).contiguous()
         units = _contiguous(pg, pc, po, *consts)
         xi = _sequence_noise(noise, key, (T, B, 5 * h.shape[-1]), xp)
-        save = any(ctx.needs_input_grad)
         step = loop_kernel(_lstm_fwd_step, (*codes, save))
         coeffs, hs, h_prev = [], [], []
         for t in range(T):
@@ -356,12 +370,12 @@ class _LSTMLayer(torch.autograd.Function):
         dp = acc.sum(0)
         return (d_pre, dh, dc, d_w.to(w_hh.dtype), dp[:3 * H].to(pg.dtype),
                 dp[3 * H:4 * H].to(pc.dtype), dp[4 * H:].to(po.dtype), None, None, None, None,
-                None)
+                None, None)
 
 
 class _GRULayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gi, h0, w_hh, b_hh, pg, pc, consts, codes, noise, key, mask):  # type: ignore[override]
+    def forward(ctx, gi, h0, w_hh, b_hh, pg, pc, consts, codes, noise, key, mask, save):  # type: ignore[override]
         T, B, G = gi.shape
         gi = gi.contiguous()
         w_t = w_hh.to(gi.dtype).t().contiguous()
@@ -369,7 +383,6 @@ class _GRULayer(torch.autograd.Function):
         h = h0.to(gi.dtype).contiguous()
         units = _contiguous(pg, pc, *consts)
         xi = _sequence_noise(noise, key, (T, B, G), gi)
-        save = any(ctx.needs_input_grad)
         step = loop_kernel(_gru_fwd_step, (*codes, save))
         coeffs, hs, h_prev = [], [], []
         for t in range(T):
@@ -401,7 +414,8 @@ class _GRULayer(torch.autograd.Function):
         d_b = d_gh_all.reshape(-1, 3 * H).sum(0)
         dp = acc.sum(0)
         return (torch.stack(d_gi), dh, d_w.to(w_hh.dtype), d_b.to(b_hh.dtype),
-                dp[:2 * H].to(pg.dtype), dp[2 * H:].to(pc.dtype), None, None, None, None, None)
+                dp[:2 * H].to(pg.dtype), dp[2 * H:].to(pc.dtype), None, None, None, None, None,
+                None)
 
 # ---------------------------------------------------------------------------------------------
 # Layers
@@ -695,8 +709,9 @@ class NoisyLSTM(_NoisyRNNBase):
             noise, key = self._noise(specs, [3 * H, H, H], T, B, xp)
             consts = [s[1] for s in specs] + [s[2] for s in specs]
             codes = tuple(v for s in specs for v in s[4:])
-            return _LSTMLayer.apply(xp, h0, c0, w_hh, specs[0][0], specs[1][0], specs[2][0],
-                                    consts, codes, noise, key, mask)
+            ps = [s[0] for s in specs]
+            return _LSTMLayer.apply(xp, h0, c0, w_hh, *ps, consts, codes, noise, key, mask,
+                                    _needs_grad(xp, h0, c0, w_hh, *ps))
         h, c = h0, c0
         outs = []
         for t in range(T):
@@ -750,8 +765,9 @@ class NoisyGRU(_NoisyRNNBase):
             consts = [s[1] for s in specs] + [s[2] for s in specs]
             codes = tuple(v for s in specs for v in s[4:])
             b = b_hh if b_hh is not None else gi.new_zeros(3 * H)
-            return _GRULayer.apply(gi, h0, w_hh, b, specs[0][0], specs[1][0], consts, codes,
-                                   noise, key, mask)
+            ps = [s[0] for s in specs]
+            return _GRULayer.apply(gi, h0, w_hh, b, *ps, consts, codes, noise, key, mask,
+                                   _needs_grad(gi, h0, w_hh, b, *ps))
         h = h0
         outs = []
         for t in range(T):
