@@ -8,6 +8,8 @@ backward) and inference tokens/s (eval, no grad) of
   torch        nn.LSTM / nn.GRU (oneDNN/cuDNN, soft units)
   ours         noisyact.NoisyLSTM / NoisyGRU, NAH units (default fused path)
   plain loop   a Python loop over a hand-written noisy cell (noisyact.functional per gate)
+The models of a configuration are timed in turn within each repetition; "× torch" is the median
+over repetitions of the speed ratio to the torch module (robust to the machine's drift).
 """
 
 from __future__ import annotations
@@ -53,19 +55,33 @@ class PlainLoopLSTM(nn.Module):
         return x
 
 
-def _time(fn, reps: int, device: str) -> float:
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _interleaved(fns: list, reps: int, device: str) -> list[list[float]]:
+    """Seconds per call of each function, timed in turn within every repetition, so that the
+    drift of a shared machine (±30 % over minutes on this CPU) affects all of them alike."""
     for _ in range(3):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(reps):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times, strict=True):
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            ts.append(time.perf_counter() - t)
+    return times
+
+
+def _rates(times: list[list[float]], tokens: int) -> list[tuple[float, float]]:
+    """(median tokens/s, median over repetitions of this model's speed / the first model's)."""
+    med = statistics.median
+    return [(tokens / med(ts), med(t0 / t for t0, t in zip(times[0], ts, strict=True)))
+            for ts in times]
 
 
 def bench(kind: str, B: int, T: int, H: int, layers: int, reps: int, device: str):
@@ -78,8 +94,8 @@ def bench(kind: str, B: int, T: int, H: int, layers: int, reps: int, device: str
     }
     if kind == "LSTM":
         models["plain loop (NAH)"] = PlainLoopLSTM(H, H, layers).to(device)
-    rows = []
-    for name, m in models.items():
+    train, infer = [], []
+    for m in models.values():
 
         def train_step(m=m) -> None:
             m.train()
@@ -87,20 +103,22 @@ def bench(kind: str, B: int, T: int, H: int, layers: int, reps: int, device: str
             out = m(x)
             (out[0] if isinstance(out, tuple) else out).sum().backward()
 
-        def infer(m=m) -> None:
+        def infer_step(m=m) -> None:
             m.eval()
             with torch.no_grad():
                 m(x)
 
-        rows.append((name, B * T / _time(train_step, reps, device),
-                     B * T / _time(infer, reps, device)))
-    return rows
+        train.append(train_step)
+        infer.append(infer_step)
+    tr = _rates(_interleaved(train, reps, device), B * T)
+    inf = _rates(_interleaved(infer, reps, device), B * T)
+    return [(name, *a, *b) for name, a, b in zip(models, tr, inf, strict=True)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--reps", type=int, default=20)
     args = ap.parse_args()
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
           f"fused mode {noisyact.fused_mode()}")
@@ -110,13 +128,11 @@ def main() -> None:
     for kind in ("LSTM", "GRU"):
         for label, B, T, H, L in configs:
             rows = bench(kind, B, T, H, L, args.reps, args.device)
-            tr0, in0 = rows[0][1], rows[0][2]
-            for name, tr, inf in rows:
-                print(f"| {name} | {label} | {tr:,.0f} | {tr / tr0:.2f} | {inf:,.0f} | "
-                      f"{inf / in0:.2f} |")
+            for name, tr, tr_x, inf, inf_x in rows:
+                print(f"| {name} | {label} | {tr:,.0f} | {tr_x:.2f} | {inf:,.0f} | {inf_x:.2f} |")
             if len(rows) == 3:
-                print(f"| ours vs plain loop | {label} | | {rows[1][1] / rows[2][1]:.2f}× | | "
-                      f"{rows[1][2] / rows[2][2]:.2f}× |")
+                print(f"| ours vs plain loop | {label} | | {rows[1][2] / rows[2][2]:.2f}× | | "
+                      f"{rows[1][4] / rows[2][4]:.2f}× |")
 
 
 if __name__ == "__main__":
