@@ -178,6 +178,31 @@ def test_fused_and_generic_paths_agree_in_eval(cls, variant):
     torch.testing.assert_close(a[0], b[0])
 
 
+@pytest.mark.parametrize("cls,dtype,tol", [(NoisyLSTM, torch.bfloat16, 3e-2),
+                                           (NoisyGRU, torch.float16, 5e-3)])
+def test_half_precision_layers_follow_float32(cls, dtype, tol):
+    """bf16/fp16 layers (compiled; units computed in float32, states and saved coefficients kept
+    in float32 inside a step): outputs and gradients close to the float32 layer with the same
+    weights and noise key."""
+    noisyact.set_fused_mode("compile")
+    torch.manual_seed(0)
+    ref = cls(4, 8, num_layers=2, variant="NAH", generator=torch.Generator())
+    low = cls(4, 8, num_layers=2, variant="NAH", generator=torch.Generator()).to(dtype)
+    low.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 3, 4) * 8  # large enough that units saturate (else p has no gradient)
+    outs = []
+    for m, xx in ((ref, x), (low, x.to(dtype))):
+        m.generator.manual_seed(5)
+        xx = xx.clone().requires_grad_()
+        y = m(xx)[0]
+        y.float().pow(2).sum().backward()
+        outs.append((y.float(), xx.grad.float(), m.weight_hh_l0.grad.float(),
+                     m.noise_l0.gate.p.grad.float(), m.noise_l0.cand.p.grad.float()))
+    for a, b in zip(*outs, strict=True):
+        assert a.norm() > 0 and torch.isfinite(b).all()
+        assert (a - b).norm() <= tol * a.norm(), ((a - b).norm() / a.norm()).item()
+
+
 @pytest.mark.parametrize("cls", [NoisyLSTM, NoisyGRU])
 @pytest.mark.parametrize("mode", ["eager", "compile"])
 def test_training_forward_without_grad_equals_forward_with_grad(cls, mode):
