@@ -7,10 +7,15 @@ have size 0 or 1 (the sizes a symbolic trace specialises); every other size is s
 compiled kernel serves every batch, hidden and sequence size. The kernel is traced with
 :func:`torch.fx.experimental.proxy_tensor.make_fx` (symbolic sizes, duck sizing off so that sizes
 which happen to be equal while tracing stay independent) and compiled by Inductor with
-``torch._inductor.standalone_compile``. Calling the result skips Dynamo's frame evaluation and
-guards, about 40 µs a call on a CPU, which a recurrence that calls two kernels per time step
-would pay thousands of times per batch. Tensor arguments must be contiguous (the compiled code
-assumes row-major strides); :func:`run_kernel` makes them so.
+``torch._inductor.standalone_compile``, with a C++ wrapper where it builds (else Inductor's
+Python one) and without size asserts. Outside autograd (grad mode off, as in the recurrent layers'
+forward and backward functions) the compiled module is called directly; with grad mode on,
+through the artifact's wrappers. A direct call costs a few µs; ``torch.compile``'s frame
+evaluation, guards and wrappers cost 40-60 µs a call on a CPU, which a recurrence calling two
+kernels per time step would pay thousands of times per batch. The price is paid once per
+signature and process: 1-5 s of tracing even when Inductor's cache holds the code. Tensor
+arguments must be contiguous (the compiled code assumes row-major strides): a strided one is an
+error at lookup, and :func:`run_kernel` makes them contiguous.
 
 With a torch that lacks ``standalone_compile``, kernels are compiled with
 ``torch.compile(dynamic=True)`` instead. If compilation fails (no working C++ compiler, no

@@ -20,15 +20,18 @@ GRU (gate order r, z, n as in ``nn.GRU``)::
 Speed. cuDNN and oneDNN fuse only the soft activations, so a noisy layer runs its own recurrence:
 the input projections of all time steps are one matrix product, then each step is one call of a
 compiled function (:mod:`noisyact.compiler`: traced once with symbolic sizes, called without
-``torch.compile``'s per-call guard evaluation) holding the recurrent matrix product and one pass
-over all units of the layer and the state update. The noise ξ of the whole sequence is drawn by
-one call (counter noise from one key, :func:`noisyact.noise.noise_block`) and drawn again in
-backward instead of being stored. The backward pass is written by hand the same way, one compiled
-call per step; the recurrent weight gradient is one matrix product at the end, the p gradient one
-sum over an accumulator. This fast path covers the hard units with output noise (NAN, NAH), input
-noise (NANI, NANIL, NANIS) and without noise (``"hard"``); ``"soft"`` (the exact sigmoid/tanh of
-``nn.LSTM``) runs a plain per-step loop through the modules. The fused backward is
-``once_differentiable``: double backward needs ``set_fused_mode("off")``.
+``torch.compile``'s guards and wrappers) holding the recurrent matrix product and one pass over
+all units of the layer and the state update. The noise ξ of the whole sequence is drawn by one
+call (counter noise from one key, :func:`noisyact.noise.noise_block`). When autograd will ask for
+gradients, each forward step also returns its *backward coefficients* (every unit's value and
+derivatives, combined into 11H numbers per position for the LSTM, 8H for the GRU, in the compute
+dtype), so the hand-written backward step, one compiled call per step, is a few products: it
+neither redraws ξ nor evaluates a unit again. The recurrent weight gradient is one matrix product
+at the end, the p gradient one sum over an accumulator. This fast path covers the hard units with
+output noise (NAN, NAH), input noise (NANI, NANIL, NANIS) and without noise (``"hard"``);
+``"soft"`` (the exact sigmoid/tanh of ``nn.LSTM``) runs a plain per-step loop through the
+modules. The fused backward is ``once_differentiable``: double backward needs
+``set_fused_mode("off")``.
 """
 
 from __future__ import annotations
