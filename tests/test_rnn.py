@@ -280,6 +280,8 @@ def test_unbatched_initial_state_and_errors():
         NoisyLSTM(3, 4, proj_size=2)
     with pytest.raises(ValueError, match="gate_variant"):
         NoisyLSTM(3, 4, gate_variant="relu")
+    with pytest.raises(ValueError, match="sequence length 0"):
+        NoisyGRU(3, 4)(torch.randn(0, 2, 3))
 
 
 def test_dropout_between_layers_and_eval_determinism():

@@ -584,6 +584,9 @@ class _NoisyRNNBase(nn.Module):
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input has {x.shape[-1]} features, expected input_size="
                              f"{self.input_size}")
+        if x.shape[0] == 0:
+            raise ValueError("input has sequence length 0 (as nn.LSTM/nn.GRU, at least one step "
+                             "is needed)")
         return x, None, batched, None
 
     def _parse_state(self, hx: Tensor | None, B: int, batched: bool, like: Tensor,
