@@ -83,7 +83,10 @@ class _Standalone:
 
     def __init__(self, kernel: Callable[..., Any], args: Sequence[Tensor | None],
                  static: tuple[Any, ...], inline: bool) -> None:
+        import torch._functorch.config as functorch_config
+        import torch._inductor.config as inductor_config
         from torch._inductor import standalone_compile
+        from torch._inductor.compile_fx import compile_fx_inner
         from torch.fx.experimental import _config as fx_config
         from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -102,11 +105,7 @@ class _Standalone:
             layout.append([o is None for o in out])
             return tuple(o for o in out if o is not None)
 
-        import torch._functorch.config as functorch_config
-        import torch._inductor.config as inductor_config
-        from torch._inductor.compile_fx import compile_fx_inner
-
-        graphs: list[Any] = []
+        graphs: list[Any] = []  # what Inductor compiled, for the direct call
 
         def inner_compile(*a: Any, **k: Any) -> Any:
             graphs.append(compile_fx_inner(*a, **k))
