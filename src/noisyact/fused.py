@@ -204,7 +204,7 @@ class _NoisyUnit(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x3, p3, xi3, key, c, hp, regen, code, half):  # type: ignore[override]
         out = run_kernel(_forward_kernel, x3, p3, xi3, key, c, hp, static=(code, half),
-                         inline=True, standalone=False)
+                         inline=True)
         ctx.code, ctx.half = code, half
         saved_xi = xi3 if regen is None else None
         ctx.save_for_backward(x3, p3, saved_xi, key, c, hp)
@@ -222,7 +222,7 @@ class _NoisyUnit(torch.autograd.Function):
             xi3 = torch.randn(x3.shape, dtype=x3.dtype, device=x3.device, generator=gen)
         want_p = ctx.needs_input_grad[1] and ctx.code in (0, 2)  # NANI, NANIS: σ has no p
         gx, gp = run_kernel(_backward_kernel, grad.contiguous(), x3, p3, xi3, key, c, hp,
-                            static=(ctx.code, ctx.half, want_p), inline=True, standalone=False)
+                            static=(ctx.code, ctx.half, want_p), inline=True)
         if gp is not None:
             gp = gp.sum(dim=(0, 2), keepdim=True).to(p3.dtype)
         return gx, gp, None, None, None, None, None, None, None
