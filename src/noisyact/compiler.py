@@ -94,14 +94,14 @@ class _Standalone:
         present = [i for i, a in enumerate(args) if a is not None]
         layout: list[Any] = []  # output structure: "single", or a list with None where absent
 
-        def graph_fn(*tensors: Tensor) -> Any:
+        def graph_fn(*tensors: Tensor) -> tuple[Tensor, ...]:  # always a tuple of tensors
             full: list[Tensor | None] = [None] * n
             for i, t in zip(present, tensors, strict=True):
                 full[i] = t
             out = kernel(*full, *static)
             if isinstance(out, Tensor):
                 layout.append("single")
-                return out
+                return (out,)
             layout.append([o is None for o in out])
             return tuple(o for o in out if o is not None)
 
@@ -141,13 +141,11 @@ class _Standalone:
     def __call__(self, *args: Tensor | None) -> Any:
         tensors = [a for a in args if a is not None]
         if self._direct is not None and not torch.is_grad_enabled():
-            out = self._direct(tensors)  # always a sequence of outputs
-            if self._layout == "single":
-                return out[0]
+            out = self._direct(tensors)
         else:
             out = self._artifact(*tensors)
-            if self._layout == "single":
-                return out
+        if self._layout == "single":
+            return out[0]
         it = iter(out)
         return tuple(None if absent else next(it) for absent in self._layout)
 
@@ -161,8 +159,7 @@ def _clone(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class _Dynamo:
-    """``torch.compile(dynamic=True)``: for a torch without ``standalone_compile``, and where
-    asked for (``standalone=False``)."""
+    """``torch.compile(dynamic=True)``: for a torch without ``standalone_compile``."""
 
     def __init__(self, kernel: Callable[..., Any], static: tuple[Any, ...], inline: bool) -> None:
         self._fn = torch.compile(_clone(kernel), dynamic=True, fullgraph=True,
@@ -213,8 +210,7 @@ def _has_standalone_compile() -> bool:
 
 
 def compiled_kernel(kernel: Callable[..., Any], args: Sequence[Tensor | None],
-                    static: tuple[Any, ...] = (), inline: bool = False,
-                    standalone: bool = True) -> Callable[..., Any]:
+                    static: tuple[Any, ...] = (), inline: bool = False) -> Callable[..., Any]:
     """A callable that runs ``kernel(*a, *static)`` for tensor arguments ``a`` with the signature
     of ``args`` (same absent arguments, dtypes, devices, size-0/1 dimensions), all contiguous.
 
@@ -222,11 +218,6 @@ def compiled_kernel(kernel: Callable[..., Any], args: Sequence[Tensor | None],
     ``inline`` compiles the kernel as one loop nest without intermediate buffers
     (:data:`INLINE_OPTIONS`). Otherwise the kernel runs eagerly. A loop that calls one kernel
     many times with the same kinds of inputs uses :func:`loop_kernel`.
-
-    ``standalone=False`` compiles with ``torch.compile(dynamic=True)`` even where the standalone
-    path exists (the path a torch without ``standalone_compile`` takes). It is not faster: an
-    interleaved A/B of the fused activation's kernels on this CPU gave equal times over 4096²
-    elements and the standalone path twice as fast over 64×1024 and 256×4096.
     """
     if _state["mode"] != "compile":
         return _Eager(kernel, static)
@@ -234,11 +225,11 @@ def compiled_kernel(kernel: Callable[..., Any], args: Sequence[Tensor | None],
         if a is not None and not a.is_contiguous():
             raise ValueError(f"{getattr(kernel, '__name__', 'kernel')}: tensor argument {i} is "
                              "not contiguous (compiled kernels assume row-major strides)")
-    key = (kernel, static, inline, standalone, _signature(args))
+    key = (kernel, static, inline, _signature(args))
     compiled = _state["compiled"].get(key)
     if compiled is None:
         try:
-            if standalone and _has_standalone_compile():
+            if _has_standalone_compile():
                 inner: Callable[..., Any] = _Standalone(kernel, args, static, inline)
             else:
                 inner = _Dynamo(kernel, static, inline)
@@ -251,11 +242,11 @@ def compiled_kernel(kernel: Callable[..., Any], args: Sequence[Tensor | None],
 
 
 def run_kernel(kernel: Callable[..., Any], *args: Tensor | None, static: tuple[Any, ...] = (),
-               inline: bool = False, standalone: bool = True) -> Any:
+               inline: bool = False) -> Any:
     """Run ``kernel(*args, *static)`` once: :func:`compiled_kernel` for these arguments, made
     contiguous."""
     args = tuple(None if a is None else a.contiguous() for a in args)
-    return compiled_kernel(kernel, args, static, inline, standalone)(*args)
+    return compiled_kernel(kernel, args, static, inline)(*args)
 
 
 class _FirstCall:
