@@ -12,7 +12,7 @@ from noisyact import cli, experiments
 from noisyact.experiments import unique_count
 from noisyact.experiments.base import parse_overrides
 from noisyact.training import load_checkpoint, train
-from noisyact.training.checkpoint import atomic_save
+from noisyact.training.checkpoint import CheckpointError, atomic_save
 
 
 def _smoke_cfg(**kw):
@@ -43,7 +43,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, row):
 def test_damaged_checkpoint_is_a_clear_error(tmp_path):
     p = tmp_path / "checkpoint.pt"
     p.write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match="cannot be read"):  # a ValueError: one CLI line
         load_checkpoint(p)
     atomic_save({"a": 1}, p)
     assert load_checkpoint(p) == {"a": 1}
@@ -85,7 +85,7 @@ def test_cli_run_report_resume(tmp_path, capsys):
     final = json.loads((out / "NAN" / "seed0" / "final.json").read_text())
     assert 0 <= final["test_error"] <= 100
     assert cli.main(args) == 2  # finished runs are not overwritten without --resume
-    assert "already finished" in capsys.readouterr().err
+    assert "holds finished or partial runs" in capsys.readouterr().err
     mtime = (out / "NAN" / "seed0" / "final.json").stat().st_mtime
     assert cli.main([*args, "--resume"]) == 0
     assert (out / "NAN" / "seed0" / "final.json").stat().st_mtime == mtime  # kept, not redone

@@ -24,6 +24,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     run.add_argument("--resume", action="store_true",
                      help="keep finished runs and continue interrupted ones")
+    run.add_argument("--overwrite", action="store_true",
+                     help="delete the earlier run in --out and start over")
+    run.add_argument("--jobs", type=int, default=1,
+                     help="train this many (row, seed) runs at once, in worker processes")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--data-dir", default=None,
                      help="folder with the experiment's data (same as data_dir=...)")
@@ -59,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.overrides.append(f"data_dir={args.data_dir}")
             out = experiments.run_experiment(
                 exp, args.preset, seeds=args.seeds, out=args.out, device=args.device,
-                resume=args.resume, overrides=args.overrides, progress=not args.no_progress)
+                resume=args.resume, overwrite=args.overwrite, jobs=args.jobs,
+                overrides=args.overrides, progress=not args.no_progress)
             results = out / "results.md"
             if results.exists():
                 print(results.read_text())

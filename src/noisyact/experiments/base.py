@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from ..anneal import NoiseAnnealer
 from ..training.checkpoint import atomic_write_json
 from ..training.distributed import DistInfo, barrier, setup_distributed
 from ..training.report import collect, plot_curves, results_table, write_results
+from ..training.runfolder import RunFolder, command_line, provenance
 from ..training.trainer import TrainConfig, train
 
 PRESETS = ("smoke", "quick", "paper")
@@ -125,14 +129,79 @@ def parse_overrides(cfg: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return cfg
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """One (row, seed) of a run folder, as handed to a worker process."""
+
+    exp: Experiment
+    cfg: dict[str, Any]
+    row: str
+    seed: int
+    run_dir: Path
+    resume: bool
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What a (row, seed) ended with: its final metrics, or why it failed."""
+
+    row: str
+    seed: int
+    final: dict[str, Any]
+
+    @property
+    def failed(self) -> bool:
+        return "failed" in self.final
+
+
+def _train_one(spec: RunSpec, dist: DistInfo, progress: bool) -> RunOutcome:
+    task = spec.exp.make_task(spec.row, spec.cfg, spec.seed)
+    try:
+        final = train(task, spec.exp.train_config(spec.cfg, spec.seed), spec.run_dir, dist=dist,
+                      resume=spec.resume, progress=progress, desc=f"{spec.row} seed {spec.seed}")
+    except FloatingPointError as err:  # a diverged seed is a result, not a crash
+        final = {"failed": str(err)}
+        if dist.is_main:
+            atomic_write_json(final, spec.run_dir / "final.json")
+    return RunOutcome(spec.row, spec.seed, final)
+
+
+def _worker_init(threads: int, noise_source: str, fused: str) -> None:
+    from .. import compiler, noise
+
+    torch.set_num_threads(threads)
+    noise.set_noise_source(noise_source)
+    compiler.set_fused_mode(fused)
+
+
+def _worker(spec: RunSpec) -> RunOutcome:
+    return _train_one(spec, DistInfo(), progress=False)
+
+
+def preflight(exp: Experiment, cfg: dict[str, Any], rows: Sequence[str]) -> None:
+    """Build every row's task, loop settings and model once, so that a bad setting fails before
+    anything trains or is written (``ValueError`` naming the row)."""
+    for row in rows:
+        try:
+            task = exp.make_task(row, cfg, 0)
+            exp.train_config(cfg, 0)
+            task.build_model()
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise ValueError(f"row {row!r}: {exc}") from None
+
+
 def run_experiment(exp: Experiment, preset: str = "quick", *, seeds: int | None = None,
                    out: str | Path | None = None, device: str = "cpu", resume: bool = False,
-                   overrides: Sequence[str] = (), progress: bool = True,
-                   log: Any = print) -> Path:
+                   overwrite: bool = False, jobs: int = 1, overrides: Sequence[str] = (),
+                   progress: bool = True, log: Any = print) -> Path:
     """Train every row × seed of ``exp`` and write ``results.md`` and plots; return the folder.
 
-    Finished (row, seed) runs are kept; with ``resume`` an interrupted run continues from its last
-    checkpoint. Under ``torchrun`` every row runs data-parallel across the processes.
+    Runs go seed by seed (every row's seed 0 first). The folder is checked before anything is
+    written (:class:`~noisyact.training.runfolder.RunFolder`): finished runs are kept and
+    interrupted ones continued only with ``resume``; ``overwrite`` deletes an earlier run of the
+    folder. ``jobs`` > 1 trains that many (row, seed) runs at once in worker processes, each with
+    its share of torch's threads. Under ``torchrun`` every row runs data-parallel across the
+    processes.
     """
     if preset not in exp.presets:
         raise ValueError(f"preset must be one of {', '.join(exp.presets)}, got {preset!r}")
@@ -140,49 +209,57 @@ def run_experiment(exp: Experiment, preset: str = "quick", *, seeds: int | None 
     n_seeds = int(seeds if seeds is not None else cfg.get("seeds", 1))
     if n_seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {n_seeds}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if resume and overwrite:
+        raise ValueError("--resume keeps a folder's runs and --overwrite deletes them: choose one")
     rows = list(cfg.get("rows") or exp.rows)
     unknown = [r for r in rows if r not in exp.rows]
     if unknown:
         raise ValueError(f"unknown rows {unknown}; known: {list(exp.rows)}")
-    out_dir = Path(out or f"runs/{exp.name}-{preset}")
     dist = setup_distributed(device)
-    config = {"experiment": exp.name, "preset": preset, "seeds": n_seeds, "settings": cfg,
-              "world_size": dist.world_size}
-    cfg_path = out_dir / "config.json"
-    if dist.is_main:
-        if resume and cfg_path.exists():
-            old = json.loads(cfg_path.read_text())
-            if old.get("settings") != json.loads(json.dumps(cfg)):
-                raise ValueError(f"{cfg_path} holds other settings; use another --out or drop "
-                                 "--resume")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(config, cfg_path)
-    for row in rows:
-        for seed in range(n_seeds):
-            run_dir = out_dir / row / f"seed{seed}"
-            if (run_dir / "final.json").exists():
-                if not resume:
-                    raise FileExistsError(f"{run_dir} is already finished; use --resume to keep "
-                                          "finished runs or choose another --out")
-                continue
-            task = exp.make_task(row, cfg, seed)
-            try:
-                final = train(task, exp.train_config(cfg, seed), run_dir, dist=dist,
-                              resume=resume, progress=progress, desc=f"{row} seed {seed}")
-            except FloatingPointError as err:  # a diverged seed is a result, not a crash
-                final = {"failed": str(err)}
-                if dist.is_main:
-                    atomic_write_json(final, run_dir / "final.json")
-                    log(f"[{exp.name}] {row} seed {seed}: FAILED ({err})")
-                continue
-            if dist.is_main:
-                shown = ", ".join(f"{k}={final[k]:.4g}" for k, _ in exp.columns
-                                  if isinstance(final.get(k), int | float))
-                log(f"[{exp.name}] {row} seed {seed}: {shown}")
-    barrier(dist)
-    if dist.is_main:
-        write_report(exp, out_dir, cfg)
+    if dist.enabled and jobs > 1:
+        raise ValueError("jobs > 1 cannot be combined with torchrun")
+    preflight(exp, cfg, rows)
+    out_dir = Path(out or f"runs/{exp.name}-{preset}")
+    folder = RunFolder(out_dir)
+    config = {"experiment": exp.name, "preset": preset, "seeds": n_seeds,
+              "settings": json.loads(json.dumps(cfg)), "world_size": dist.world_size,
+              "provenance": provenance(), "command": command_line()}
+    specs = [RunSpec(exp, cfg, row, seed, out_dir / row / f"seed{seed}", resume)
+             for seed in range(n_seeds) for row in rows]
+    with folder.lock() if dist.is_main else nullcontext():
+        if dist.is_main:
+            folder.check(config, resume=resume, overwrite=overwrite)
+            if overwrite:
+                folder.clear()
+            folder.write_config(config)
+        barrier(dist)
+        todo = [s for s in specs if not (s.run_dir / "final.json").exists()]
+        outcomes = _run_all(todo, dist, jobs, progress)
+        if dist.is_main:
+            for o in outcomes:
+                shown = (f"FAILED ({o.final['failed']})" if o.failed else
+                         ", ".join(f"{k}={o.final[k]:.4g}" for k, _ in exp.columns
+                                   if isinstance(o.final.get(k), int | float)))
+                log(f"[{exp.name}] {o.row} seed {o.seed}: {shown}")
+        barrier(dist)
+        if dist.is_main:
+            write_report(exp, out_dir, cfg)
     return out_dir
+
+
+def _run_all(specs: list[RunSpec], dist: DistInfo, jobs: int, progress: bool) -> list[RunOutcome]:
+    if jobs == 1 or len(specs) <= 1:
+        return [_train_one(s, dist, progress) for s in specs]
+    from .. import compiler, noise
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                             initargs=(threads, noise.noise_source(), compiler.fused_mode())
+                             ) as pool:
+        return list(pool.map(_worker, specs))
 
 
 def write_report(exp: Experiment, out_dir: Path, cfg: dict[str, Any] | None = None) -> Path:
@@ -212,6 +289,7 @@ __all__ = [
     "Experiment",
     "batch_generator",
     "parse_overrides",
+    "preflight",
     "run_experiment",
     "write_report",
 ]

@@ -147,7 +147,7 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
     annealer = task.annealer(model)
     step, history, running = 0, [], 0.0
     if resume and ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path)
+        ck = load_checkpoint(ckpt_path, required=("model", "optimizer", "step", "history", "rng"))
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         if annealer is not None and ck.get("annealer") is not None:

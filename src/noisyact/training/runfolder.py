@@ -1,0 +1,188 @@
+"""A run folder holds one experiment with one set of settings, written by one process at a time.
+
+``config.json`` records what determines the numbers (the experiment, preset and settings, and
+:func:`provenance`: noise source, fused mode, torch and noisyact versions, the git commit when
+known). A run into an existing folder is checked against it *before anything is written*:
+
+- another experiment, preset or settings: refused, naming what differs;
+- the same settings with finished or partial runs: refused unless ``resume`` (continue them) or
+  ``overwrite`` (delete them and start over);
+- ``resume`` under another provenance (noise source, fused mode, versions, commit): refused.
+
+While a run is going, the folder is locked (``flock`` on ``.lock``): a second process gets a clear
+error instead of interleaving its metrics with the first's.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import atomic_write_json
+
+LOCK_NAME = ".lock"
+# provenance keys a resume must not change (``dirty`` is recorded, not compared)
+PINNED = ("noise_source", "fused_mode", "torch", "noisyact", "commit")
+
+
+class RunFolderError(ValueError):
+    """A run folder that this run must not write to (the message says why and what to do)."""
+
+
+@lru_cache(maxsize=1)
+def _git_commit() -> tuple[str | None, bool]:
+    src = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return None, False
+        status = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."],
+                                capture_output=True, text=True, timeout=10)
+        return head.stdout.strip(), bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, False
+
+
+def provenance() -> dict[str, Any]:
+    """What besides the settings determines a run's numbers, as far as it can be known."""
+    from .. import __version__
+    from ..compiler import fused_mode
+    from ..noise import noise_source
+
+    commit, dirty = _git_commit()
+    return {"noise_source": noise_source(), "fused_mode": fused_mode(),
+            "torch": torch.__version__, "noisyact": __version__, "commit": commit,
+            "dirty": dirty}
+
+
+def command_line() -> str:
+    """The command that started this process, as a user would type it."""
+    import shlex
+    import sys
+
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(("noisyact", "__main__.py")):
+        argv[0] = "noisyact"
+    return shlex.join(argv)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunFolderError(f"{path} is damaged ({exc}); delete the folder or use --overwrite"
+                             ) from None
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], keys: Any = None) -> list[str]:
+    keys = sorted(set(old) | set(new)) if keys is None else keys
+    return [f"{k}: {old.get(k)!r} in the folder, {new.get(k)!r} now" for k in keys
+            if old.get(k) != new.get(k)]
+
+
+class RunFolder:
+    """The output folder of one ``noisyact run``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config_path = self.path / "config.json"
+
+    def started_runs(self) -> list[Path]:
+        """Run folders (``ROW/seedK``) holding anything: finished, partial or just begun."""
+        if not self.path.is_dir():
+            return []
+        return sorted(d for d in self.path.glob("*/seed*") if d.is_dir() and any(d.iterdir()))
+
+    def check(self, config: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
+        """Refuse (:class:`RunFolderError`) a run that must not write here; writes nothing."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"--out {self.path} is a file, not a folder")
+        if not self.config_path.exists():
+            others = [p.name for p in self.path.iterdir() if p.name != LOCK_NAME] \
+                if self.path.is_dir() else []
+            if others:
+                raise RunFolderError(f"--out {self.path} is not empty and has no config.json "
+                                     "(not a noisyact run folder); choose another --out")
+            return
+        old = _read_json(self.config_path)
+        if not isinstance(old, dict):
+            raise RunFolderError(f"{self.config_path} is damaged; delete the folder or use "
+                                 "--overwrite")
+        if overwrite:
+            return
+        start_over = "use --overwrite to delete them and start over, or choose another --out"
+        if old.get("experiment") != config["experiment"]:
+            raise RunFolderError(f"{self.path} holds a {old.get('experiment')!r} run, not "
+                                 f"{config['experiment']!r}; choose another --out")
+        diff = _differences({"preset": old.get("preset"), **(old.get("settings") or {})},
+                            {"preset": config["preset"], **config["settings"]})
+        if diff:
+            raise RunFolderError(f"{self.path} holds a run with other settings ("
+                                 + "; ".join(diff) + f"); {start_over}")
+        started = self.started_runs()
+        if not resume:
+            if started:
+                names = ", ".join(str(d.relative_to(self.path)) for d in started[:4])
+                raise RunFolderError(f"{self.path} holds finished or partial runs ({names}"
+                                     f"{', ...' if len(started) > 4 else ''}); use --resume to "
+                                     f"keep and continue them, or {start_over}")
+            return
+        diff = _differences(old.get("provenance") or {}, config["provenance"], PINNED)
+        if diff and started:
+            raise RunFolderError(f"cannot resume {self.path} under another setup ("
+                                 + "; ".join(diff) + "): its numbers would mix two setups; "
+                                 f"{start_over}")
+
+    def clear(self) -> None:
+        """Delete a run folder's contents (only a noisyact run folder: it has config.json)."""
+        if not self.config_path.exists():
+            return
+        for p in self.path.iterdir():
+            if p.name == LOCK_NAME:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        if self.config_path.exists():  # a resume may add seeds; the rest was checked equal
+            old = _read_json(self.config_path)
+            config = {**config, "seeds": max(int(old.get("seeds", 1)), int(config["seeds"]))}
+        atomic_write_json(config, self.config_path)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder's exclusive lock, or fail at once if another process holds it."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise RunFolderError(f"cannot write to --out {self.path}: {exc.strerror}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise RunFolderError(f"{self.path} is in use by another noisyact process "
+                                     f"(pid {holder}); wait for it or choose another --out"
+                                     ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+__all__ = ["RunFolder", "RunFolderError", "command_line", "provenance"]
