@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -225,7 +226,8 @@ def run_experiment(exp: Experiment, preset: str = "quick", *, seeds: int | None 
     folder = RunFolder(out_dir)
     config = {"experiment": exp.name, "preset": preset, "seeds": n_seeds,
               "settings": json.loads(json.dumps(cfg)), "world_size": dist.world_size,
-              "provenance": provenance(), "command": command_line()}
+              "provenance": provenance(), "command": command_line(),
+              "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     specs = [RunSpec(exp, cfg, row, seed, out_dir / row / f"seed{seed}", resume)
              for seed in range(n_seeds) for row in rows]
     with folder.lock() if dist.is_main else nullcontext():

@@ -159,7 +159,8 @@ class RunFolder:
     def write_config(self, config: dict[str, Any]) -> None:
         if self.config_path.exists():  # a resume may add seeds; the rest was checked equal
             old = _read_json(self.config_path)
-            config = {**config, "seeds": max(int(old.get("seeds", 1)), int(config["seeds"]))}
+            config = {**config, "seeds": max(int(old.get("seeds", 1)), int(config["seeds"])),
+                      "created": old.get("created", config.get("created"))}
         atomic_write_json(config, self.config_path)
 
     @contextmanager

@@ -15,6 +15,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -145,7 +146,7 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
     groups = param_groups(model, cfg.weight_decay)
     opt = make_optimizer(cfg.optimizer, groups, cfg.lr)
     annealer = task.annealer(model)
-    step, history, running = 0, [], 0.0
+    step, history, running, elapsed = 0, [], 0.0, 0.0
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path, required=("model", "optimizer", "step", "history", "rng"))
         model.load_state_dict(ck["model"])
@@ -153,6 +154,7 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
         if annealer is not None and ck.get("annealer") is not None:
             annealer.load_state_dict(ck["annealer"])
         step, history, running = ck["step"], ck["history"], ck["running_loss"]
+        elapsed = float(ck.get("elapsed_s", 0.0))
         if ck.get("task") is not None and hasattr(task, "load_state_dict"):
             task.load_state_dict(ck["task"])
         _set_rng_state(ck["rng"][dist.rank] if dist.rank < len(ck["rng"]) else ck["rng"][0],
@@ -186,9 +188,11 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
                          "annealer": None if annealer is None else annealer.state_dict(),
                          "step": step, "history": history, "rng": rng,
                          "running_loss": running,
+                         "elapsed_s": elapsed + time.perf_counter() - t_start,
                          "task": task.state_dict() if hasattr(task, "state_dict") else None,
                          "config": asdict(cfg)}, ckpt_path)
 
+    t_start = time.perf_counter()  # wall time of this process (evaluations included)
     after_step = getattr(task, "after_step", None)
     show = progress and dist.is_main and sys.stderr.isatty()
     train_time, timed_steps, start_step = 0.0, 0, step
@@ -254,6 +258,10 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
         final.update({f"valid_{k}": v for k, v in task.evaluate(model, "valid").items()})
         final = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                  for k, v in final.items()}
+        # when and how long (kept apart so that final.json is the same after a resume)
+        atomic_write_json({"wall_s": elapsed + time.perf_counter() - t_start,
+                           "finished_at": datetime.now(timezone.utc).strftime(
+                               "%Y-%m-%dT%H:%M:%SZ")}, run_dir / "timing.json")
         atomic_write_json(final, final_path)
     return final
 
