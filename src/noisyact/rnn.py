@@ -663,15 +663,20 @@ class NoisyLSTM(_NoisyRNNBase):
         c_t = f_t \odot c_{t-1} + i_t \odot g_t,\quad h_t = o_t \odot \phi_t(c_t)
         \end{array}
 
+    ``input_size``, ``hidden_size``, ``num_layers``, ``bias``, ``batch_first``, ``dropout``,
+    ``bidirectional``, ``device`` and ``dtype`` are as in :class:`torch.nn.LSTM` (``proj_size`` is
+    not supported).
+
     Args:
-        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-            device, dtype: as in :class:`torch.nn.LSTM` (``proj_size`` is not supported).
         variant: kind of every unit: ``"NAN"``, ``"NAH"``, ``"NANI"``, ``"NANIL"``, ``"NANIS"``,
             ``"hard"`` (hard functions without noise) or ``"soft"`` (sigmoid/tanh: exactly
             ``nn.LSTM``). Default ``"NAH"``.
-        gate_variant, unit_variant: override ``variant`` for the gates / for the tanh units.
-        gate_alpha, unit_alpha, gate_c, unit_c: α and c of the gates and of the tanh units
-            (defaults as in :class:`~noisyact.NoisyHardSigmoid` / :class:`~noisyact.NoisyHardTanh`).
+        gate_variant: overrides ``variant`` for the gates.
+        unit_variant: overrides ``variant`` for the tanh units.
+        gate_alpha: α of the gates (default as in :class:`~noisyact.NoisyHardSigmoid`).
+        unit_alpha: α of the tanh units (default as in :class:`~noisyact.NoisyHardTanh`).
+        gate_c: c of the gates (default as in :class:`~noisyact.NoisyHardSigmoid`).
+        unit_c: c of the tanh units (default as in :class:`~noisyact.NoisyHardTanh`).
         generator: optional :class:`torch.Generator` for the noise.
 
     Inputs: ``input, (h_0, c_0)`` exactly as ``nn.LSTM`` (batched, unbatched or
