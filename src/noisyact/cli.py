@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -32,8 +31,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", default=None,
                      help="folder with the experiment's data (same as data_dir=...)")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="preset settings to change")
-    rep = sub.add_parser("report", help="rewrite results.md and plots of a run folder")
-    rep.add_argument("dir")
+    rep = sub.add_parser("report", help="rewrite results.md and plots of run folders, and the "
+                         "results pages generated from them")
+    rep.add_argument("dirs", nargs="+", metavar="DIR",
+                     help="a run folder, or a folder of run folders (e.g. results/)")
+    rep.add_argument("--docs", default=None, metavar="FILE",
+                     help="also regenerate the marked tables of this page (docs/results.md)")
+    rep.add_argument("--readme", default=None, metavar="FILE",
+                     help="also regenerate the results summary of this README")
+    rep.add_argument("--check", action="store_true",
+                     help="write nothing; exit 1 if --docs/--readme are out of date")
     return ap
 
 
@@ -70,18 +77,45 @@ def main(argv: list[str] | None = None) -> int:
                 print(results.read_text())
                 print(f"results: {results}")
             return 0
-        folder = Path(args.dir)
-        cfg_path = folder / "config.json"
-        if not cfg_path.exists():
-            raise ValueError(f"{folder} has no config.json: not a noisyact run folder")
-        cfg = json.loads(cfg_path.read_text())
-        path = experiments.write_report(experiments.get(cfg["experiment"]), folder,
-                                        cfg["settings"])
-        print(path.read_text())
-        return 0
+        return _report(args)
     except (ValueError, FileExistsError) as exc:
         print(f"noisyact: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .experiments import publish
+
+    folders = publish.find(args.dirs)
+    if not folders:
+        raise ValueError(f"no run folder (with config.json) in {' '.join(args.dirs)}")
+    if args.check:
+        pubs = [publish.load(f) for f in folders]
+        stale = []
+        if args.docs:
+            page = Path(args.docs)
+            if publish.render_results_page(page.read_text(), pubs, page) != page.read_text():
+                stale.append(args.docs)
+        if args.readme:
+            readme, page = Path(args.readme), Path(args.docs or "docs/results.md")
+            if publish.render_readme(readme.read_text(), pubs, readme, page) != readme.read_text():
+                stale.append(args.readme)
+        for name in stale:
+            print(f"{name} is out of date: run `noisyact report {' '.join(args.dirs)} "
+                  f"--docs ... --readme ...`", file=sys.stderr)
+        return 1 if stale else 0
+    for folder in folders:
+        cfg = publish.load(folder).config
+        path = experiments.write_report(experiments.get(cfg["experiment"]), folder,
+                                        cfg["settings"])
+        if len(folders) == 1 and not (args.docs or args.readme):
+            print(path.read_text())
+        else:
+            print(f"wrote {path}")
+    for path in publish.publish(folders, Path(args.docs) if args.docs else None,
+                                Path(args.readme) if args.readme else None):
+        print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..anneal import InverseSqrt, NoiseAnnealer
-from .base import BaseTask, Experiment, batch_generator
+from .base import BaseTask, Claim, Experiment, batch_generator
 from .ntm import NTM
 
 ROWS = ("regular", "noisy-annealed")
@@ -170,6 +170,10 @@ class RecallTask(BaseTask):
 EXPERIMENT = Experiment(
     task=RecallTask,
     name="associative-recall",
+    paper_table="Fig. 9",
+    claims=(Claim("noisy-annealed", "regular", "updates_to_solve", "updates to solve",
+                  missing_as="steps"),
+            Claim("noisy-annealed", "regular", "valid_nll", "valid NLL")),
     description=(
         "§6.6b / Fig. 9: NTM associative recall, regular vs noisy annealed controller. "
         "Validation NLL (summed BCE of the recalled item / 6; chance ≈ 2.08) on episodes of "

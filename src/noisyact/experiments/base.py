@@ -21,6 +21,7 @@ from ..training.distributed import DistInfo, barrier, setup_distributed
 from ..training.report import collect, plot_curves, results_table, write_results
 from ..training.runfolder import RunFolder, command_line, provenance
 from ..training.trainer import TrainConfig, train
+from ..training.verdict import Claim, verdict_table
 
 PRESETS = ("smoke", "quick", "paper")
 
@@ -82,6 +83,9 @@ class Experiment:
     paper: dict[str, dict[str, str]] = field(default_factory=dict)
     notes: str = ""
     task: Callable[[str, dict[str, Any], int], Any] | None = None  # (row, cfg, seed) -> task
+    # the paper's claims on this experiment, the headline first; judged in every report
+    claims: tuple[Claim, ...] = ()
+    paper_table: str = ""  # where the paper reports it ("Table 2", "Fig. 9")
 
     def make_task(self, row: str, cfg: dict[str, Any], seed: int) -> Any:
         """The task of one (row, seed)."""
@@ -271,6 +275,11 @@ def write_report(exp: Experiment, out_dir: Path, cfg: dict[str, Any] | None = No
     rows = list(cfg.get("rows") or exp.rows)
     results = collect(out_dir, rows)
     body = [exp.description, results_table(results, exp.columns, exp.paper)]
+    claims = [c for c in exp.claims if c.better in rows and c.than in rows]
+    if claims:
+        body.append("Claims of the paper, judged over seeds (difference in the paper's direction, "
+                    "Welch's 95 % interval; holds / does not hold / undecided):\n\n"
+                    + verdict_table(claims, {r.row: r.finals for r in results}))
     png = plot_curves(results, exp.curve[0], exp.curve[1], out_dir / "curves.png",
                       title=exp.name)
     if png is not None:
@@ -286,6 +295,7 @@ def write_report(exp: Experiment, out_dir: Path, cfg: dict[str, Any] | None = No
 __all__ = [
     "PRESETS",
     "BaseTask",
+    "Claim",
     "ClassificationTask",
     "DistInfo",
     "Experiment",

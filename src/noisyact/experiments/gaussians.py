@@ -124,6 +124,8 @@ class Gaussians(Experiment):
 EXPERIMENT = Gaussians(
     task=GaussiansTask,
     name="gaussians",
+    paper_table="§6.1, Figs. 5-6",
+    claims=(),
     description=(
         "§6.1: 3-layer MLP (8 units per layer) on a mixture of three 2-D Gaussians, tanh vs "
         "noisy hard-tanh (α = 1, p per unit). Test error % (mean ± std over seeds)."

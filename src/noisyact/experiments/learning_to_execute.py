@@ -31,7 +31,7 @@ from ..rnn import NoisyLSTM
 from ..training.distributed import sum_across_ranks
 from ..training.report import collect, plot_curves
 from . import programs
-from .base import BaseTask, Experiment, detach_state
+from .base import BaseTask, Claim, Experiment, detach_state
 
 ROWS = ("reference", "NAH", "NAN", "hard")
 
@@ -241,6 +241,8 @@ class LearningToExecute(Experiment):
 EXPERIMENT = LearningToExecute(
     task=ExecuteTask,
     name="learning-to-execute",
+    paper_table="Table 1",
+    claims=(Claim("NAH", "reference", "test_acc", "test acc %", lower_is_better=False),),
     description=(
         "§6.2 / Table 1: Learning to Execute (Zaremba & Sutskever 2014). 2-layer LSTM, "
         "per-character test accuracy % under teacher forcing on programs of the target length "

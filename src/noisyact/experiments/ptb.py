@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..rnn import NoisyLSTM
-from .base import BaseTask, Experiment, detach_state
+from .base import BaseTask, Claim, Experiment, detach_state
 
 ROWS = ("reference", "hard", "NAN", "NAH")
 SPLITS = ("train", "valid", "test")
@@ -219,6 +219,11 @@ class PTB(Experiment):
 EXPERIMENT = PTB(
     task=PTBTask,
     name="ptb",
+    paper_table="Table 2",
+    claims=(Claim("NAN", "reference", "test_ppl", "test ppl"),
+            Claim("NAH", "reference", "test_ppl", "test ppl"),
+            Claim("NAN", "reference", "valid_ppl", "valid ppl"),
+            Claim("NAH", "reference", "valid_ppl", "valid ppl")),
     description=(
         "§6.3 / Table 2: word-level LSTM language model on the Penn Treebank (Zaremba small: "
         "2×200, bptt 20, batch 20, SGD lr 1 halved after epoch 4, 13 epochs, clip 5). "

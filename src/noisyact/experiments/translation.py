@@ -34,7 +34,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..rnn import NoisyGRU, NoisyGRUCell
 from . import seq2seq as s2s
-from .base import BaseTask, Experiment
+from .base import BaseTask, Claim, Experiment
 
 ROWS = ("reference", "hard", "NAH")
 CORPORA = {
@@ -310,6 +310,11 @@ class Translation(Experiment):
 EXPERIMENT = Translation(
     task=TranslationTask,
     name="translation",
+    paper_table="Table 4",
+    claims=(Claim("NAH", "reference", "test_bleu_beam", "test BLEU (beam)", lower_is_better=False),
+            Claim("hard", "reference", "test_bleu_beam", "test BLEU (beam)", lower_is_better=False),
+            Claim("NAH", "hard", "test_bleu_beam", "test BLEU (beam)", lower_is_better=False),
+            Claim("NAH", "reference", "valid_nll", "valid NLL")),
     description=(
         "§6.4 / Table 4: attention NMT (dl4mt: bidirectional GRU encoder, conditional GRU "
         "decoder), English → French. Validation NLL per sentence, BLEU (sacrebleu, lower-cased "

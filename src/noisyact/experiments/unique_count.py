@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..anneal import InverseSqrt, NoiseAnnealer
 from ..rnn import NoisyLSTM
-from .base import ClassificationTask, Experiment, batch_generator
+from .base import Claim, ClassificationTask, Experiment, batch_generator
 
 ROWS = ("reference", "hard", "NAN", "curriculum", "NAN-annealed", "NANIL-annealed", "NAH")
 
@@ -114,6 +114,13 @@ class UniqueCountTask(ClassificationTask):
 EXPERIMENT = Experiment(
     task=UniqueCountTask,
     name="unique-count",
+    paper_table="Table 5",
+    claims=(Claim("NAN-annealed", "reference", "test_error", "test error %"),
+            Claim("NAN-annealed", "NAN", "test_error", "test error %"),
+            Claim("NAN", "reference", "test_error", "test error %"),
+            Claim("curriculum", "reference", "test_error", "test error %"),
+            Claim("NAN-annealed", "curriculum", "test_error", "test error %"),
+            Claim("NANIL-annealed", "reference", "test_error", "test error %")),
     description=(
         "§6.6a / Table 5: number of distinct values in 26 integers from {0..10}; LSTM + "
         "time-average pooling + ReLU MLP. Test error % on a fixed test set (mean ± std over seeds)."

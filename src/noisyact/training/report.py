@@ -20,6 +20,11 @@ class RowResult:
     row: str
     finals: list[dict[str, Any]] = field(default_factory=list)
     curves: list[list[dict[str, Any]]] = field(default_factory=list)
+    timings: list[dict[str, Any]] = field(default_factory=list)  # timing.json, where written
+
+    def hours(self) -> list[float]:
+        """Wall-clock hours of every finished seed that recorded it."""
+        return [float(t["wall_s"]) / 3600 for t in self.timings if t.get("wall_s") is not None]
 
     def values(self, key: str) -> list[float]:
         """``key`` of every finished seed that has it (failed seeds have none)."""
@@ -36,19 +41,35 @@ def mean_std(values: Sequence[float]) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file of a run folder, with a one-line error naming it if it is damaged."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is damaged ({exc}); rerun that run or delete it") from None
+
+
+def _seed_number(path: Path) -> int:
+    digits = path.name[len("seed"):]
+    return int(digits) if digits.isdigit() else -1
+
+
 def collect(out_dir: str | Path, rows: Sequence[str]) -> list[RowResult]:
-    """Read ``<out>/<row>/seed*/final.json`` and ``metrics.jsonl`` for each row."""
+    """Read ``<out>/<row>/seed*/final.json``, ``metrics.jsonl`` and ``timing.json`` per row."""
     out_dir = Path(out_dir)
     results = []
     for row in rows:
         rr = RowResult(row)
-        for seed_dir in sorted((out_dir / row).glob("seed*")):
+        for seed_dir in sorted((out_dir / row).glob("seed*"), key=_seed_number):
             final = seed_dir / "final.json"
             if final.exists():
-                rr.finals.append(json.loads(final.read_text()))
+                rr.finals.append(read_json(final))
                 metrics = seed_dir / "metrics.jsonl"
                 rr.curves.append([json.loads(line) for line in metrics.read_text().splitlines()
                                   if line.strip()] if metrics.exists() else [])
+                timing = seed_dir / "timing.json"
+                if timing.exists():
+                    rr.timings.append(read_json(timing))
         results.append(rr)
     return results
 
@@ -56,15 +77,20 @@ def collect(out_dir: str | Path, rows: Sequence[str]) -> list[RowResult]:
 def results_table(results: Sequence[RowResult], columns: Sequence[tuple[str, str]],
                   paper: dict[str, dict[str, str]]) -> str:
     """Markdown table: one line per row, each metric ours (mean ± std) beside the paper's."""
+    timed = any(rr.hours() for rr in results)
     head = ["row", "seeds"]
     for _key, label in columns:
         head += [f"{label} (ours)", f"{label} (paper)"]
+    if timed:
+        head.append("hours per seed")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rr in results:
         failed = sum(1 for f in rr.finals if f.get("failed"))
         cells = [rr.row, f"{len(rr.finals)} ({failed} failed)" if failed else str(len(rr.finals))]
         for key, _ in columns:
             cells += [mean_std(rr.values(key)), paper.get(rr.row, {}).get(key, "—")]
+        if timed:
+            cells.append(mean_std(rr.hours()))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

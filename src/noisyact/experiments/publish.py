@@ -1,0 +1,214 @@
+"""The results pages, generated from committed run folders (``noisyact report --docs/--readme``).
+
+Every table of ``docs/results.md`` and the README's summary is rendered here from the run
+folders under ``results/`` (``config.json``, ``ROW/seedK/final.json``, ``timing.json``), so a
+reader can regenerate each number, and a test checks that the committed pages are in sync.
+
+In a page, a generated block sits between the marker lines ``<!-- generated:NAME:start -->`` and
+``<!-- generated:NAME:end -->`` (NAME: the run folder's name, e.g. ``ptb-paper``); the README
+summary between ``<!-- results-summary:start -->`` and ``<!-- results-summary:end -->``. Text
+outside the markers is written by hand and kept.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..training.report import RowResult, collect, read_json, results_table
+from ..training.verdict import judge, verdict_table
+from . import get, names
+
+PRESET_RANK = {"smoke": 0, "quick": 1, "long": 2, "paper": 3}
+SUMMARY = "results-summary"
+
+
+@dataclass(frozen=True)
+class Published:
+    """One committed run folder, read."""
+
+    path: Path
+    config: dict[str, Any]
+    results: list[RowResult]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def experiment(self) -> Any:
+        return get(self.config["experiment"])
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        seeds = min((len(r.finals) for r in self.results), default=0)
+        return PRESET_RANK.get(self.config.get("preset", ""), 1), seeds
+
+    def finals(self) -> dict[str, list[dict[str, Any]]]:
+        return {r.row: r.finals for r in self.results}
+
+    def command(self) -> str:
+        """The command that reproduces this folder (preset, seeds and the changed settings)."""
+        exp, cfg = self.experiment, self.config
+        preset = exp.presets.get(cfg["preset"], {})
+        changed = [f"{k}={_value(v)}" for k, v in cfg["settings"].items()
+                   if preset.get(k) != v and k != "seeds"]
+        seeds = cfg.get("seeds", 1)
+        return " ".join(["noisyact run", exp.name, "--preset", cfg["preset"], "--seeds",
+                         str(seeds), "--out", f"results/{self.name}", *changed])
+
+
+def _value(v: Any) -> str:
+    return ",".join(map(str, v)) if isinstance(v, list | tuple) else str(v)
+
+
+def load(path: str | Path) -> Published:
+    """Read a run folder (its config and every finished seed)."""
+    path = Path(path)
+    config = read_json(path / "config.json")
+    if not isinstance(config, dict) or "experiment" not in config or "settings" not in config:
+        raise ValueError(f"{path / 'config.json'} is not a noisyact run configuration")
+    exp = get(config["experiment"])
+    rows = list(config["settings"].get("rows") or exp.rows)
+    return Published(path, config, collect(path, rows))
+
+
+def find(paths: list[str | Path]) -> list[Path]:
+    """Run folders among ``paths``: each path is one, or a folder of them (one level down)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "config.json").exists():
+            found.append(p)
+        elif p.is_dir():
+            found += sorted(d for d in p.iterdir() if (d / "config.json").exists())
+        else:
+            raise ValueError(f"{p} is neither a run folder (no config.json) nor a folder of them")
+    return found
+
+
+def _when(pub: Published) -> str:
+    finished = [t.get("finished_at", "") for r in pub.results for t in r.timings]
+    started = pub.config.get("created", "")
+    dates = sorted({d[:10] for d in [started, *finished] if d})
+    if not dates:
+        return "date not recorded"
+    return dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+
+
+def section(pub: Published, page_dir: Path) -> str:
+    """The generated block of one run folder, with links relative to ``page_dir``."""
+    exp, prov = pub.experiment, pub.config.get("provenance") or {}
+    commit = prov.get("commit")
+    setup = ", ".join(filter(None, [
+        f"commit {commit[:10]}{' + local changes' if prov.get('dirty') else ''}" if commit
+        else "", f"torch {prov['torch']}" if prov.get("torch") else "",
+        f"noise source {prov['noise_source']}" if prov.get("noise_source") else ""]))
+    parts = [f"`{pub.command()}` ({_when(pub)}{'; ' + setup if setup else ''}; folder "
+             f"[`results/{pub.name}`]({_rel(pub.path, page_dir)}))",
+             results_table(pub.results, exp.columns, exp.paper)]
+    claims = [c for c in exp.claims if c.better in pub.finals() and c.than in pub.finals()]
+    if claims:
+        parts.append(verdict_table(claims, pub.finals()))
+    curves = pub.path / "curves.png"
+    if curves.exists():
+        parts.append(f"![{pub.name} learning curves]({_rel(curves, page_dir)})")
+    return "\n\n".join(parts)
+
+
+def _rel(target: Path, page_dir: Path) -> str:
+    return Path(os.path.relpath(target.resolve(), page_dir.resolve())).as_posix()
+
+
+def summary(pubs: list[Published], page_dir: Path, results_page: Path) -> str:
+    """The README's summary: per paper table, the headline claim, the paper's numbers, ours
+    (the most complete run folder) and the verdict."""
+    link = _rel(results_page, page_dir)
+    lines = ["| paper | claim | paper's numbers | ours | verdict | details |",
+             "|---|---|---|---|---|---|"]
+    for name in names():
+        exp = get(name)
+        anchor = f"{link}#{_anchor(f'{name} ({exp.paper_table})')}"
+        mine = sorted((p for p in pubs if p.config["experiment"] == name), key=lambda p: p.rank)
+        if not exp.claims:
+            lines.append(f"| {exp.paper_table} | no comparative claim (figures) | — | — | — | "
+                         f"[{name}]({anchor}) |")
+            continue
+        claim = exp.claims[0]
+        paper = (f"{claim.better} {exp.paper.get(claim.better, {}).get(claim.metric, '—')} vs "
+                 f"{claim.than} {exp.paper.get(claim.than, {}).get(claim.metric, '—')}")
+        if not mine:
+            lines.append(f"| {exp.paper_table} | {claim.text} | {paper} | no run folder yet | — "
+                         f"| [{name}]({anchor}) |")
+            continue
+        best = mine[-1]
+        v = judge(claim, best.finals())
+        ours = f"{v.better} vs {v.than} (`{best.name}`)"
+        lines.append(f"| {exp.paper_table} | {claim.text} | {paper} | {ours} | **{v.verdict}** | "
+                     f"[{name}]({anchor}) |")
+    return "\n".join(lines)
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's and mkdocs' anchor of a markdown heading."""
+    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return re.sub(r"\s+", "-", slug)
+
+
+def _markers(name: str) -> tuple[str, str]:
+    tag = name if name == SUMMARY else f"generated:{name}"
+    return f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
+
+
+def fill(text: str, name: str, block: str, heading: str | None = None) -> str:
+    """Replace the block between ``name``'s markers; if there are none, insert a marked block
+    after the ``heading`` line (or at the end)."""
+    start, end = _markers(name)
+    marked = f"{start}\n{block}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        return pattern.sub(lambda _: marked, text, count=1)
+    if heading is not None:
+        lines = text.split("\n")
+        for i, line in enumerate(lines):
+            if line.strip() == heading:
+                return "\n".join([*lines[: i + 1], "", marked, *lines[i + 1:]])
+    return text.rstrip("\n") + f"\n\n{marked}\n"
+
+
+def render_results_page(text: str, pubs: list[Published], page: Path) -> str:
+    """``docs/results.md`` with every run folder's block filled in."""
+    for pub in pubs:
+        exp = pub.experiment
+        text = fill(text, pub.name, section(pub, page.parent),
+                    heading=f"## {exp.name} ({exp.paper_table})")
+    return text
+
+
+def render_readme(text: str, pubs: list[Published], readme: Path, page: Path) -> str:
+    """The README with its results summary filled in."""
+    return fill(text, SUMMARY, summary(pubs, readme.parent, page))
+
+
+def publish(folders: list[Path], docs: Path | None = None, readme: Path | None = None
+            ) -> list[Path]:
+    """Regenerate the results page and/or the README summary from ``folders``; return the files
+    written."""
+    pubs = [load(f) for f in folders]
+    written = []
+    if docs is not None:
+        docs.write_text(render_results_page(docs.read_text(encoding="utf-8"), pubs, docs),
+                        encoding="utf-8")
+        written.append(docs)
+    if readme is not None:
+        page = docs if docs is not None else readme.parent / "docs" / "results.md"
+        readme.write_text(render_readme(readme.read_text(encoding="utf-8"), pubs, readme, page),
+                          encoding="utf-8")
+        written.append(readme)
+    return written
+
+
+__all__ = ["Published", "find", "load", "publish", "render_readme", "render_results_page",
+           "section", "summary"]

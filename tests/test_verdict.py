@@ -1,0 +1,162 @@
+"""The verdict rule on constructed numbers, the t quantiles it uses, and the generated pages."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from noisyact import cli
+from noisyact.experiments import publish
+from noisyact.training.verdict import (
+    DOES_NOT_HOLD,
+    HOLDS,
+    UNDECIDED,
+    Claim,
+    judge,
+    seeds_needed,
+    t_quantile,
+    welch_interval,
+)
+
+LOWER = Claim("NAN", "reference", "test_ppl", "test ppl")
+HIGHER = Claim("NAH", "reference", "test_acc", "test acc %", lower_is_better=False)
+
+
+def _finals(key, values):
+    return [{key: v} for v in values]
+
+
+@pytest.mark.parametrize(("p", "df", "expected"), [
+    (0.975, 1, 12.7062), (0.975, 2, 4.3027), (0.975, 4, 2.7764), (0.975, 10, 2.2281),
+    (0.975, 30, 2.0423), (0.95, 5, 2.0150), (0.975, 1e7, 1.9600), (0.025, 3, -3.1824)])
+def test_t_quantiles_match_tables(p, df, expected):
+    assert t_quantile(p, df) == pytest.approx(expected, abs=2e-4)
+
+
+def test_welch_interval_by_hand():
+    a, b = [3.0, 4.0, 5.0], [1.0, 1.5, 2.0, 2.5]
+    diff, lo, hi = welch_interval(a, b)
+    va, vb = 1.0 / 3, (5 / 12) / 4
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 3)
+    half = t_quantile(0.975, df) * math.sqrt(va + vb)
+    assert diff == pytest.approx(2.25)
+    assert (lo, hi) == pytest.approx((2.25 - half, 2.25 + half))
+
+
+def test_clear_win_holds():
+    v = judge(LOWER, {"NAN": _finals("test_ppl", [108.0, 109.0, 108.5]),
+                      "reference": _finals("test_ppl", [115.0, 116.0, 115.2])})
+    assert v.verdict == HOLDS and v.low > 0 and v.diff == pytest.approx(6.9)
+
+
+def test_clear_loss_does_not_hold():
+    v = judge(LOWER, {"NAN": _finals("test_ppl", [120.0, 121.0]),
+                      "reference": _finals("test_ppl", [115.0, 116.0])})
+    assert v.verdict == DOES_NOT_HOLD and v.high < 0
+
+
+def test_higher_is_better_direction():
+    win = judge(HIGHER, {"NAH": _finals("test_acc", [50.0, 51.0, 50.5]),
+                         "reference": _finals("test_acc", [40.0, 41.0, 40.5])})
+    loss = judge(HIGHER, {"NAH": _finals("test_acc", [40.0, 41.0, 40.5]),
+                          "reference": _finals("test_acc", [50.0, 51.0, 50.5])})
+    assert (win.verdict, loss.verdict) == (HOLDS, DOES_NOT_HOLD)
+    assert win.diff == pytest.approx(10.0) and loss.diff == pytest.approx(-10.0)
+
+
+def test_overlap_is_undecided_and_says_how_many_seeds():
+    v = judge(LOWER, {"NAN": _finals("test_ppl", [108.0, 119.0]),
+                      "reference": _finals("test_ppl", [115.0, 116.0])})
+    assert v.verdict == UNDECIDED and v.low < 0 < v.high
+    assert "seeds per side" in v.reason
+    n = seeds_needed([115.0, 116.0], [108.0, 119.0])
+    assert n is not None and n > 2
+
+
+def test_one_seed_is_always_undecided_even_with_a_large_gap():
+    v = judge(LOWER, {"NAN": _finals("test_ppl", [50.0]),
+                      "reference": _finals("test_ppl", [115.0, 116.0, 117.0])})
+    assert v.verdict == UNDECIDED and "one seed" in v.reason and math.isnan(v.low)
+
+
+def test_identical_deterministic_sides_are_undecided():
+    v = judge(LOWER, {"NAN": _finals("test_ppl", [55.44] * 3),
+                      "reference": _finals("test_ppl", [55.44] * 3)})
+    assert v.verdict == UNDECIDED and "no difference" in v.reason
+
+
+def test_failed_seeds_are_not_counted_and_missing_values_can_stand_for_the_budget():
+    claim = Claim("noisy", "regular", "updates_to_solve", "updates", missing_as="steps")
+    v = judge(claim, {"noisy": [{"updates_to_solve": 800, "steps": 3000},
+                                {"updates_to_solve": 900, "steps": 3000},
+                                {"failed": "nan loss"}],
+                      "regular": [{"updates_to_solve": None, "steps": 3000}] * 2})
+    assert v.better.n == 2 and v.than.values == (3000.0, 3000.0)
+    assert v.verdict == HOLDS
+
+
+def test_no_finished_seed_is_undecided():
+    v = judge(LOWER, {"NAN": [], "reference": _finals("test_ppl", [1.0, 2.0])})
+    assert v.verdict == UNDECIDED and "no finished seed" in v.reason
+
+
+def _fake_ptb_folder(root: Path, name: str, values: dict[str, list[float]]) -> Path:
+    folder = root / name
+    rows = list(values)
+    cfg = {"experiment": "ptb", "preset": "paper", "seeds": max(map(len, values.values())),
+           "settings": {**publish.get("ptb").presets["paper"], "rows": rows},
+           "provenance": {"commit": "0123456789abcdef", "torch": "2.13.0+cpu",
+                          "noise_source": "kernel", "dirty": False},
+           "created": "2026-11-29T21:00:00Z"}
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    for row, vals in values.items():
+        for seed, v in enumerate(vals):
+            d = folder / row / f"seed{seed}"
+            d.mkdir(parents=True)
+            (d / "final.json").write_text(json.dumps({"test_ppl": v, "valid_ppl": v + 4}))
+            (d / "timing.json").write_text(json.dumps({"wall_s": 3600.0,
+                                                       "finished_at": "2026-11-29T22:00:00Z"}))
+            (d / "metrics.jsonl").write_text(json.dumps({"step": 1, "valid_ppl": v}) + "\n")
+    return folder
+
+
+def test_generated_pages_carry_tables_and_verdicts(tmp_path):
+    results = tmp_path / "results"
+    _fake_ptb_folder(results, "ptb-paper", {"reference": [115.0, 116.0, 115.5],
+                                            "NAN": [108.0, 108.5, 109.0]})
+    docs = tmp_path / "docs" / "results.md"
+    docs.parent.mkdir()
+    docs.write_text("# Results\n\n## ptb (Table 2)\n\nhand-written prose\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results-summary:start -->\nold\n<!-- results-summary:end -->\n")
+    assert cli.main(["report", str(results), "--docs", str(docs), "--readme", str(readme)]) == 0
+    page = docs.read_text()
+    assert "<!-- generated:ptb-paper:start -->" in page and "hand-written prose" in page
+    assert "| NAN < reference (test ppl) | 108.50 ± 0.50 (n=3) | 115.50 ± 0.50 (n=3) |" in page
+    assert "**holds**" in page and "noisyact run ptb --preset paper --seeds 3" in page
+    assert "2026-11-29" in page and "commit 0123456789" in page
+    assert "| 1.00 ± 0.00 |" in page  # hours per seed, from timing.json
+    summary = readme.read_text()
+    assert "| Table 2 | NAN < reference (test ppl) | NAN 108.0 vs reference 115.6 |" in summary
+    assert "**holds**" in summary and "no run folder yet" in summary  # other experiments
+    assert "\nold\n" not in summary
+    # regenerating is idempotent, and --check sees a stale page
+    assert cli.main(["report", str(results), "--docs", str(docs), "--readme", str(readme),
+                     "--check"]) == 0
+    docs.write_text(page.replace("108.50", "100.00"))
+    assert cli.main(["report", str(results), "--docs", str(docs), "--check"]) == 1
+
+
+def test_committed_pages_are_generated_from_results():
+    """docs/results.md and the README summary equal what `noisyact report` makes of results/."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "results").is_dir():
+        pytest.skip("no results/ folder")
+    args = ["report", str(root / "results"), "--docs", str(root / "docs" / "results.md"),
+            "--readme", str(root / "README.md"), "--check"]
+    assert cli.main(args) == 0, "run `noisyact report results --docs docs/results.md " \
+                                "--readme README.md` and commit"
