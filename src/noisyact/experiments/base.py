@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..anneal import NoiseAnnealer
 from ..training.checkpoint import atomic_write_json
 from ..training.distributed import DistInfo, barrier, setup_distributed
 from ..training.report import collect, plot_curves, results_table, write_results
 from ..training.runfolder import RunFolder, command_line, provenance
+from ..training.task import Task
 from ..training.trainer import TrainConfig, train
 from ..training.verdict import Claim, verdict_table
 
@@ -37,14 +37,7 @@ def detach_state(state: Any) -> Any:
     return None if state is None else tuple(s.detach() for s in state)
 
 
-class BaseTask:
-    """Defaults for the optional parts of :class:`noisyact.training.Task`."""
-
-    def annealer(self, model: nn.Module) -> NoiseAnnealer | None:
-        return None
-
-    def lr_at(self, step: int, base_lr: float) -> float:
-        return base_lr
+BaseTask = Task  # the experiments' tasks derive from the training loop's base class
 
 
 class ClassificationTask(BaseTask):

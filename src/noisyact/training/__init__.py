@@ -6,7 +6,8 @@ Arrows point one way: experiments -> training -> library core.
 from .checkpoint import atomic_save, load_checkpoint
 from .distributed import DistInfo, setup_distributed
 from .optim import GravesRMSprop
-from .trainer import Task, TrainConfig, train
+from .task import Task
+from .trainer import TrainConfig, train
 
 __all__ = [
     "DistInfo",

@@ -17,17 +17,17 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
-from ..anneal import NoiseAnnealer
 from ..convert import param_groups
 from .checkpoint import atomic_save, atomic_write_json, atomic_write_text, load_checkpoint
 from .distributed import DistInfo, all_ranks_equal
 from .optim import GravesRMSprop
+from .task import Task
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop-graves")
 
@@ -58,32 +58,6 @@ class TrainConfig:
         for name in ("eval_every", "ckpt_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-
-
-class Task(Protocol):
-    """What an experiment provides for one (row, seed)."""
-
-    def build_model(self) -> nn.Module: ...
-
-    def batch(self, step: int, rank: int, world_size: int) -> Any:
-        """The training batch of this step and rank (deterministic)."""
-
-    def loss(self, model: nn.Module, batch: Any) -> Tensor: ...
-
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
-        """Metrics on ``split`` ("valid" or "test"), model in eval mode, no grad."""
-
-    def annealer(self, model: nn.Module) -> NoiseAnnealer | None:
-        """An annealing schedule for the model's noise, or None."""
-
-    def lr_at(self, step: int, base_lr: float) -> float:
-        """Learning rate for this step (schedules such as Zaremba's halving)."""
-
-    # Optional: ``state_dict()``/``load_state_dict()`` for state carried across batches (the
-    # hidden state of a language model), saved in checkpoints; ``tokens_per_step`` for
-    # throughput; ``after_step(model, step) -> dict | None`` run after every update (adaptive
-    # curricula: what it returns is logged; a task whose ``finished`` turns true ends training);
-    # ``summarize(history) -> dict`` of extra final metrics computed from the logged records.
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -155,7 +129,7 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
             annealer.load_state_dict(ck["annealer"])
         step, history, running = ck["step"], ck["history"], ck["running_loss"]
         elapsed = float(ck.get("elapsed_s", 0.0))
-        if ck.get("task") is not None and hasattr(task, "load_state_dict"):
+        if ck.get("task") is not None:
             task.load_state_dict(ck["task"])
         _set_rng_state(ck["rng"][dist.rank] if dist.rank < len(ck["rng"]) else ck["rng"][0],
                        dist.device)
@@ -189,15 +163,14 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
                          "step": step, "history": history, "rng": rng,
                          "running_loss": running,
                          "elapsed_s": elapsed + time.perf_counter() - t_start,
-                         "task": task.state_dict() if hasattr(task, "state_dict") else None,
+                         "task": task.state_dict(),
                          "config": asdict(cfg)}, ckpt_path)
 
     t_start = time.perf_counter()  # wall time of this process (evaluations included)
-    after_step = getattr(task, "after_step", None)
     show = progress and dist.is_main and sys.stderr.isatty()
     train_time, timed_steps, start_step = 0.0, 0, step
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not show, leave=False)
-    while step < cfg.steps and not getattr(task, "finished", False):
+    while step < cfg.steps and not task.finished:
         if stop_at is not None and step >= stop_at:
             bar.close()
             return {"stopped_at": step}
@@ -233,9 +206,9 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
             log(rec)
             bar.set_postfix(loss=f"{running / cfg.log_every:.3f}")
             running = 0.0
-        if after_step is not None and (extra := after_step(model, step)):
+        if extra := task.after_step(model, step):
             log({"step": step, **extra})
-        done = step == cfg.steps or bool(getattr(task, "finished", False))
+        done = step == cfg.steps or task.finished
         if step % cfg.eval_every == 0 or done:
             metrics = task.evaluate(model, "valid") if dist.is_main else {}
             log({"step": step, **{f"valid_{k}": v for k, v in metrics.items()}})
@@ -247,12 +220,11 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
     in_sync = all_ranks_equal(_param_checksum(model), dist)
     final: dict[str, Any] = {"steps": step, "world_size": dist.world_size,
                              "ranks_in_sync": in_sync}
-    tokens = getattr(task, "tokens_per_step", None)
+    tokens = task.tokens_per_step
     if tokens and timed_steps:  # throughput of this process's training steps (not evaluation)
         final["train_tokens_per_s"] = tokens * dist.world_size * timed_steps / train_time
-    summarize = getattr(task, "summarize", None)
-    if dist.is_main and summarize is not None:
-        final.update(summarize(history))
+    if dist.is_main:
+        final.update(task.summarize(history))
     if dist.is_main:
         final.update({f"test_{k}": v for k, v in task.evaluate(model, "test").items()})
         final.update({f"valid_{k}": v for k, v in task.evaluate(model, "valid").items()})
