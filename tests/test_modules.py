@@ -247,3 +247,17 @@ def test_half_module_keeps_c_exact():
     assert m.p.dtype == torch.float16
     y = m(torch.randn(3, 4, dtype=torch.float16) * 3)
     assert y.dtype == torch.float16 and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("cls", [noisyact.NoisyHardTanh, noisyact.NoisyHardSigmoid])
+@pytest.mark.parametrize("variant", ["NAH", "NANI"])
+def test_integer_input_raises_in_train_and_eval(cls, variant):
+    """Eval used to truncate integer inputs silently (NoisyHardSigmoid().eval()(arange) → ints)."""
+    m = cls(variant)
+    x = torch.arange(-3, 4)
+    for mode in (True, False):
+        m.train(mode)
+        with pytest.raises(ValueError, match=r"x must be a floating-point Tensor, got torch.int64"):
+            m(x)
+    with pytest.raises(torch.jit.Error, match="floating-point"):
+        torch.jit.script(m.eval())(x)

@@ -362,3 +362,27 @@ def test_compiled_kernels_survive_train_eval_and_batches_of_one(recwarn):
                 gru(torch.randn(2, batch, 3))
     assert noisyact.fused_mode() == "compile"
     assert not [w for w in recwarn if "eagerly" in str(w.message)]
+
+
+@pytest.mark.parametrize("cls,ref", PAIRS)
+def test_dtype_mismatch_errors_like_torch(cls, ref):
+    """float64/int input into float32 weights: nn.LSTM's ValueError and message; a float64
+    state with float32 input: a RuntimeError naming both dtypes (was accepted silently)."""
+    m, r = cls(3, 4), ref(3, 4)
+    for x in (torch.randn(2, 1, 3, dtype=torch.float64), torch.arange(6).reshape(2, 1, 3)):
+        with pytest.raises(ValueError) as theirs:
+            r(x)
+        with pytest.raises(ValueError) as ours:
+            m(x)
+        assert str(ours.value) == str(theirs.value)
+    x = torch.randn(2, 1, 3)
+    h64, h32 = torch.zeros(1, 1, 4, dtype=torch.float64), torch.zeros(1, 1, 4)
+    states = [(h64, h32), (h32, h64)] if cls is NoisyLSTM else [h64]
+    for hx in states:
+        with pytest.raises(RuntimeError):
+            r(x, hx)
+        with pytest.raises(RuntimeError, match=r"dtype \(torch.float64\) does not match input "
+                                               r"dtype \(torch.float32\)"):
+            m(x, hx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as nn.LSTM: no check under autocast
+        assert m(x)[0].dtype == torch.bfloat16

@@ -206,7 +206,8 @@ def noisy_activation(
         c = default_c(variant)
     check_hyperparameters(alpha=alpha, c=c)
     if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise ValueError("x must be a floating-point Tensor")
+        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a floating-point Tensor, got {got}")
     if variant == "NANIS" and fn.threshold is None:
         raise ValueError(f"variant 'NANIS' (Eq. 15) needs a saturation threshold; {fn.name!r} has none")
     if noise is not None and noise.shape != x.shape:

@@ -160,6 +160,12 @@ class NoisyActivation(nn.Module):
         return s
 
 
+def _dtype_name(x: Tensor) -> str:
+    if torch.jit.is_scripting():
+        return "an integer or bool tensor"
+    return str(x.dtype)
+
+
 class _AffineHard(NoisyActivation):
     """Hard functions h = a + b·clamp(kx, −1, 1): an eval path that TorchScript can compile."""
 
@@ -178,6 +184,8 @@ class _AffineHard(NoisyActivation):
         self._a, self._b, self._k = self.fn.affine
 
     def _expectation(self, x: Tensor) -> Tensor:
+        if not x.is_floating_point():  # as the training path and the functional form
+            raise ValueError("x must be a floating-point Tensor, got " + _dtype_name(x))
         cdt = compute_dtype(x.dtype)
         xf = x.to(cdt)
         kx = self._k * xf

@@ -600,6 +600,11 @@ class _NoisyRNNBase(nn.Module):
             hx = hx.unsqueeze(1)
         if tuple(hx.shape) != shape:
             raise ValueError(f"{name} has shape {list(hx.shape)}, expected {list(shape)}")
+        if hx.dtype != like.dtype and not torch.is_autocast_enabled(like.device.type):
+            # nn.LSTM/nn.GRU raise a RuntimeError here (from their kernels); same type, but
+            # naming the argument and both dtypes
+            raise RuntimeError(f"{name} dtype ({hx.dtype}) does not match input dtype "
+                               f"({like.dtype}). Convert the state: {name}.to({like.dtype})")
         return hx
 
     def _format_output(self, out: Tensor, packed: PackedSequence | None,
@@ -620,6 +625,12 @@ class _NoisyRNNBase(nn.Module):
     @torch.compiler.disable
     def _run(self, input: Tensor | PackedSequence, states: list[Tensor | None]):
         x, lengths, batched, packed = self._parse_input(input)
+        w = self.weight_ih_l0
+        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+            # nn.LSTM/nn.GRU's check and message
+            raise ValueError(f"RNN input dtype ({x.dtype}) does not match weight dtype "
+                             f"({w.dtype}). Convert input: input.to({w.dtype}), or convert "
+                             f"model: model.to({x.dtype})")
         T, B = x.shape[0], x.shape[1]
         names = ["h_0", "c_0"]
         st = [self._parse_state(s, B, batched, x, names[i]) for i, s in enumerate(states)]
