@@ -261,3 +261,26 @@ def test_integer_input_raises_in_train_and_eval(cls, variant):
             m(x)
     with pytest.raises(torch.jit.Error, match="floating-point"):
         torch.jit.script(m.eval())(x)
+
+
+def test_inverse_sqrt_default_floor_is_the_papers_half():
+    s = noisyact.InverseSqrt(c0=30.0)
+    assert s(0) == 30.0 and s(200 * 10**5) == 0.5  # 30/√(10⁵+1) ≈ 0.095 without the floor
+    assert noisyact.InverseSqrt(c0=30.0, floor=0.0)(200 * 10**5) < 0.1
+
+
+def test_annealer_skips_fixed_sigma_variants_by_default():
+    net = nn.Sequential(noisyact.NoisyHardTanh("NAN"), noisyact.NoisyHardSigmoid("NANIL"),
+                        noisyact.NoisyHardTanh("NANI"), noisyact.NoisyHardSigmoid("NANIS"))
+    ann = noisyact.NoiseAnnealer(net, noisyact.Constant(3.0))
+    assert ann.modules == [net[0], net[1]]
+    assert [float(m.c) for m in net] == [3.0, 3.0, 0.05, 0.25]  # NANI/NANIS keep their σ
+    noisyact.NoiseAnnealer(net, noisyact.Constant(2.0), variants=["nani"])
+    assert [float(m.c) for m in net] == [3.0, 3.0, 2.0, 0.25]
+    noisyact.NoiseAnnealer(net, noisyact.Constant(1.0), variants=None)
+    assert [float(m.c) for m in net] == [1.0] * 4
+    with pytest.raises(ValueError, match=r"no noisy module to anneal \(1 module\(s\) of variant "
+                                         r"NANI skipped: pass variants="):
+        noisyact.NoiseAnnealer(noisyact.NoisyHardTanh("NANI"), noisyact.Constant(1.0))
+    with pytest.raises(ValueError, match="variant must be one of"):
+        noisyact.NoiseAnnealer(net, noisyact.Constant(1.0), variants=["relu"])
