@@ -284,3 +284,29 @@ def test_annealer_skips_fixed_sigma_variants_by_default():
         noisyact.NoiseAnnealer(noisyact.NoisyHardTanh("NANI"), noisyact.Constant(1.0))
     with pytest.raises(ValueError, match="variant must be one of"):
         noisyact.NoiseAnnealer(net, noisyact.Constant(1.0), variants=["relu"])
+
+
+@pytest.mark.parametrize("cls,lo,hi", [(noisyact.NoisyHardTanh, -1.0, 1.0),
+                                       (noisyact.NoisyHardSigmoid, 0.0, 1.0),
+                                       (noisyact.NoisyTanh, -1.0, 1.0),
+                                       (noisyact.NoisySigmoid, 0.0, 1.0)])
+@pytest.mark.parametrize("variant", ["NAN", "NAH"])
+def test_clip_output_keeps_the_range_of_h(cls, lo, hi, variant):
+    """α > 1 is unbounded by design (−1.35 at x = 100 for the hard-sigmoid); clip_output=True
+    clips to the range of h in training and eval, and eval stays scriptable."""
+    x = torch.linspace(-100, 100, 201)
+    plain = cls(variant, alpha=1.1)
+    clipped = cls(variant, alpha=1.1, clip_output=True)
+    clipped.load_state_dict(plain.state_dict())
+    for mode in (True, False):
+        plain.train(mode), clipped.train(mode)
+        y0, y1 = plain(x), clipped(x)
+        assert y0.min() < lo - 0.5 or y0.max() > hi + 0.5
+        assert y1.min() >= lo and y1.max() <= hi
+    torch.testing.assert_close(y1, y0.clamp(lo, hi))
+    assert "clip_output=True" in repr(clipped)
+    if cls in (noisyact.NoisyHardTanh, noisyact.NoisyHardSigmoid):
+        torch.testing.assert_close(torch.jit.script(clipped)(x), y1, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="clip_output needs the range of h"):
+        noisyact.NoisyActivation(noisyact.make_saturating("softsign", nn.functional.softsign,
+                                                          lambda t: t), clip_output=True)

@@ -36,7 +36,7 @@ class _Skip(Exception):
 
 
 _RNN_KEYS = ("gate_variant", "unit_variant", "gate_alpha", "unit_alpha", "gate_c", "unit_c",
-             "generator")
+             "generator", "clip_output", "gate_clip_output", "unit_clip_output")
 
 
 def _recurrent(m: nn.Module, variant: str, kw: dict[str, Any]) -> nn.Module:
