@@ -9,6 +9,8 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
 
 from . import functional as F
 from ._validation import check_c, check_hyperparameters, check_variant
@@ -17,6 +19,10 @@ from .saturating import HARD_SIGMOID, HARD_TANH, SIGMOID, TANH, Saturating
 
 __all__ = [
     "HardSigmoid",
+    "LazyNoisyHardSigmoid",
+    "LazyNoisyHardTanh",
+    "LazyNoisySigmoid",
+    "LazyNoisyTanh",
     "NoisyActivation",
     "NoisyHardSigmoid",
     "NoisyHardTanh",
@@ -279,6 +285,76 @@ class NoisySigmoid(NoisyActivation):
 
     def __init__(self, variant: str = "NAH", **kwargs: object) -> None:
         super().__init__(None, variant, **kwargs)  # type: ignore[arg-type]
+
+
+class _LazyNoisy(LazyModuleMixin):
+    """One p per feature along ``dim``, sized from the first input (as ``nn.LazyLinear``)."""
+
+    cls_to_become: type[NoisyActivation]
+
+    def __init__(self, variant: str = "NAH", **kwargs: object) -> None:
+        if "num_parameters" in kwargs:
+            raise ValueError("a lazy noisy activation infers num_parameters from its first input")
+        super().__init__(variant, **kwargs)  # type: ignore[call-arg]
+        self.num_parameters = 0
+        if self.p is not None:  # type: ignore[has-type]
+            self.p = UninitializedParameter(device=kwargs.get("device"),  # type: ignore[arg-type]
+                                             dtype=kwargs.get("dtype"))  # type: ignore[arg-type]
+
+    def reset_parameters(self) -> None:
+        if not self.has_uninitialized_params():
+            super().reset_parameters()  # type: ignore[misc]
+
+    def initialize_parameters(self, x: Tensor) -> None:
+        """Materialise p with ``x.shape[dim]`` entries, U(−1, 1)."""
+        if not self.has_uninitialized_params():
+            return
+        dim: int = self.dim  # type: ignore[attr-defined]
+        if not -x.dim() <= dim < x.dim():
+            raise ValueError(f"dim={dim} is out of range for the first input, of shape "
+                             f"{list(x.shape)}")
+        n = x.shape[dim]
+        with torch.no_grad():
+            self.p.materialize((n,))  # type: ignore[attr-defined]
+        self.num_parameters = n
+        self.reset_parameters()
+
+    def extra_repr(self) -> str:
+        if self.has_uninitialized_params():
+            return f"variant={self.variant}, num_parameters=lazy, dim={self.dim}"  # type: ignore[attr-defined]
+        return super().extra_repr()  # type: ignore[misc]
+
+
+class LazyNoisyHardTanh(_LazyNoisy, NoisyHardTanh):
+    """:class:`NoisyHardTanh` with one p per feature along ``dim``, sized on the first forward.
+
+    Like ``nn.LazyLinear``: run one forward (e.g. a dummy batch) before building the
+    optimizer; the module then becomes a :class:`NoisyHardTanh` with ``num_parameters =
+    x.shape[dim]``. Arguments as :class:`NoisyHardTanh` except ``num_parameters``.
+    """
+
+    cls_to_become = NoisyHardTanh
+
+
+class LazyNoisyHardSigmoid(_LazyNoisy, NoisyHardSigmoid):
+    """:class:`NoisyHardSigmoid` with one p per feature, sized on the first forward
+    (see :class:`LazyNoisyHardTanh`)."""
+
+    cls_to_become = NoisyHardSigmoid
+
+
+class LazyNoisyTanh(_LazyNoisy, NoisyTanh):
+    """:class:`NoisyTanh` with one p per feature, sized on the first forward
+    (see :class:`LazyNoisyHardTanh`)."""
+
+    cls_to_become = NoisyTanh
+
+
+class LazyNoisySigmoid(_LazyNoisy, NoisySigmoid):
+    """:class:`NoisySigmoid` with one p per feature, sized on the first forward
+    (see :class:`LazyNoisyHardTanh`)."""
+
+    cls_to_become = NoisySigmoid
 
 
 def make_saturating(
