@@ -148,3 +148,57 @@ def test_module_under_torch_compile_fullgraph():
         assert m[1].p.grad is not None
         m.eval()
         torch.testing.assert_close(cm(x), m(x))
+
+
+CLIP_CASES = [("eager", fn, v) for fn in (HARD_TANH, HARD_SIGMOID) for v in ("NAN", "NAH")] + [
+    ("compile", HARD_SIGMOID, "NAH")]
+
+
+@pytest.mark.parametrize("mode,fn,variant", CLIP_CASES, ids=lambda a: getattr(a, "name", a))
+def test_clip_output_fused_equals_reference(mode, fn, variant):
+    """clip_output=True: φ clipped to the range of h on both paths, zero gradient (x and p)
+    where the clip is active, the same numbers and gradients as the reference ops."""
+    noisyact.set_fused_mode(mode)
+    torch.manual_seed(0)
+    x = torch.randn(8, 33) * 40
+    p = torch.rand(33) * 2 - 1
+    xi = torch.randn(8, 33)
+    kw = {"alpha": 1.15, "c": 2.0}
+    (y0, gx0, gp0), (y1, gx1, gp1) = _both_paths(fn, variant, x, p, xi, -1, clip_output=True, **kw)
+    torch.testing.assert_close(y1, y0)
+    torch.testing.assert_close(gx1, gx0)
+    torch.testing.assert_close(gp1, gp0)
+    lo, hi = fn.bounds
+    assert y1.min() >= lo and y1.max() <= hi
+    raw = F.noisy_activation(x, p, fn=fn, variant=variant, training=True, noise=xi, dim=-1, **kw)
+    active = (raw < lo) | (raw > hi)
+    assert active.sum() > 20 and (~active).sum() > 20  # both sides of the clip are exercised
+    torch.testing.assert_close(y1[~active], raw[~active])
+    assert (gx1[active] == 0).all() and (gx1[~active] != 0).any()
+    (_, _, gp2), _ = _both_paths(fn, variant, x, p, xi, -1, **kw)  # unclipped: p gets more
+    assert not torch.equal(gp1, gp2)
+
+
+@pytest.mark.parametrize("fn,variant", [(HARD_TANH, "NAN"), (HARD_SIGMOID, "NAH")],
+                         ids=lambda a: getattr(a, "name", a))
+def test_clip_output_fused_gradcheck(fn, variant):
+    torch.manual_seed(1)
+    x = (torch.randn(6, 8, dtype=torch.float64) * 30).requires_grad_()
+    p = (torch.rand(8, dtype=torch.float64) * 2 - 1).requires_grad_()
+    xi = torch.randn(6, 8, dtype=torch.float64)
+    lo, hi = fn.bounds
+
+    def f(x, p, clip=True):
+        return F.noisy_activation(x, p, fn=fn, variant=variant, alpha=1.15, c=2.0,
+                                  training=True, noise=xi, dim=-1, clip_output=clip)
+
+    with torch.no_grad():  # keep x away from the kinks of h and φ away from the clip bounds
+        for _ in range(20):
+            raw = f(x, p, False)
+            near = ((raw - lo).abs() < 1e-2) | ((raw - hi).abs() < 1e-2)
+            near |= ((x.abs() - fn.threshold).abs() < 1e-2) | (x.abs() < 1e-2)
+            if not near.any():
+                break
+            x[near] += 0.05
+        assert ((raw < lo) | (raw > hi)).any()
+    assert torch.autograd.gradcheck(f, (x, p))

@@ -247,3 +247,171 @@ def test_half_module_keeps_c_exact():
     assert m.p.dtype == torch.float16
     y = m(torch.randn(3, 4, dtype=torch.float16) * 3)
     assert y.dtype == torch.float16 and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("cls", [noisyact.NoisyHardTanh, noisyact.NoisyHardSigmoid])
+@pytest.mark.parametrize("variant", ["NAH", "NANI"])
+def test_integer_input_raises_in_train_and_eval(cls, variant):
+    """Eval used to truncate integer inputs silently (NoisyHardSigmoid().eval()(arange) → ints)."""
+    m = cls(variant)
+    x = torch.arange(-3, 4)
+    for mode in (True, False):
+        m.train(mode)
+        with pytest.raises(ValueError, match=r"x must be a floating-point Tensor, got torch.int64"):
+            m(x)
+    with pytest.raises(torch.jit.Error, match="floating-point"):
+        torch.jit.script(m.eval())(x)
+
+
+def test_inverse_sqrt_default_floor_is_the_papers_half():
+    s = noisyact.InverseSqrt(c0=30.0)
+    assert s(0) == 30.0 and s(200 * 10**5) == 0.5  # 30/√(10⁵+1) ≈ 0.095 without the floor
+    assert noisyact.InverseSqrt(c0=30.0, floor=0.0)(200 * 10**5) < 0.1
+
+
+def test_annealer_skips_fixed_sigma_variants_by_default():
+    net = nn.Sequential(noisyact.NoisyHardTanh("NAN"), noisyact.NoisyHardSigmoid("NANIL"),
+                        noisyact.NoisyHardTanh("NANI"), noisyact.NoisyHardSigmoid("NANIS"))
+    ann = noisyact.NoiseAnnealer(net, noisyact.Constant(3.0))
+    assert ann.modules == [net[0], net[1]]
+    assert [float(m.c) for m in net] == [3.0, 3.0, 0.05, 0.25]  # NANI/NANIS keep their σ
+    noisyact.NoiseAnnealer(net, noisyact.Constant(2.0), variants=["nani"])
+    assert [float(m.c) for m in net] == [3.0, 3.0, 2.0, 0.25]
+    noisyact.NoiseAnnealer(net, noisyact.Constant(1.0), variants=None)
+    assert [float(m.c) for m in net] == [1.0] * 4
+    with pytest.raises(ValueError, match=r"no noisy module to anneal \(1 module\(s\) of variant "
+                                         r"NANI skipped: pass variants="):
+        noisyact.NoiseAnnealer(noisyact.NoisyHardTanh("NANI"), noisyact.Constant(1.0))
+    with pytest.raises(ValueError, match="variant must be one of"):
+        noisyact.NoiseAnnealer(net, noisyact.Constant(1.0), variants=["relu"])
+
+
+@pytest.mark.parametrize("cls,lo,hi", [(noisyact.NoisyHardTanh, -1.0, 1.0),
+                                       (noisyact.NoisyHardSigmoid, 0.0, 1.0),
+                                       (noisyact.NoisyTanh, -1.0, 1.0),
+                                       (noisyact.NoisySigmoid, 0.0, 1.0)])
+@pytest.mark.parametrize("variant", ["NAN", "NAH"])
+def test_clip_output_keeps_the_range_of_h(cls, lo, hi, variant):
+    """α > 1 is unbounded by design (−1.35 at x = 100 for the hard-sigmoid); clip_output=True
+    clips to the range of h in training and eval, and eval stays scriptable."""
+    x = torch.linspace(-100, 100, 201)
+    plain = cls(variant, alpha=1.1)
+    clipped = cls(variant, alpha=1.1, clip_output=True)
+    clipped.load_state_dict(plain.state_dict())
+    for mode in (True, False):
+        plain.train(mode), clipped.train(mode)
+        y0, y1 = plain(x), clipped(x)
+        assert y0.min() < lo - 0.5 or y0.max() > hi + 0.5
+        assert y1.min() >= lo and y1.max() <= hi
+    torch.testing.assert_close(y1, y0.clamp(lo, hi))
+    assert "clip_output=True" in repr(clipped)
+    if cls in (noisyact.NoisyHardTanh, noisyact.NoisyHardSigmoid):
+        torch.testing.assert_close(torch.jit.script(clipped)(x), y1, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="clip_output needs the range of h"):
+        noisyact.NoisyActivation(noisyact.make_saturating("softsign", nn.functional.softsign,
+                                                          lambda t: t), clip_output=True)
+
+
+def test_noisify_follows_dtype_and_device_of_the_replaced_module():
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Sequential(nn.Sigmoid()),
+                        nn.LSTM(8, 3)).double()
+    noisyact.noisify(net, "NAH")
+    assert net[1].p.dtype == torch.float64 and net[2][0].p.dtype == torch.float64
+    assert net[3].noise_l0.gate.p.dtype == torch.float64
+    net[:3](torch.randn(2, 4, dtype=torch.float64)).sum().backward()  # no dtype clash
+    meta = nn.Sequential(nn.Linear(4, 8, device="meta"), nn.Tanh())
+    noisyact.noisify(meta, "NAN", soft=True)
+    assert meta[1].p.device.type == "meta"
+    explicit = nn.Sequential(nn.Linear(4, 8).double(), nn.Tanh())
+    noisyact.noisify(explicit, dtype=torch.float32)
+    assert explicit[1].p.dtype == torch.float32
+
+
+def test_noisify_reports_elman_rnn_as_skipped():
+    net = nn.ModuleDict({"rnn": nn.RNN(3, 4), "cell": nn.RNNCell(3, 4), "act": nn.Tanh()})
+    report = noisyact.noisify(net)
+    assert {name for name, _ in report.skipped} == {"rnn", "cell"}
+    assert all("no noisy counterpart" in why for _, why in report.skipped)
+    assert "skipped rnn: RNN (Elman RNN) has no noisy counterpart" in str(report)
+    assert type(net["rnn"]) is nn.RNN
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_noisify_per_feature_p(soft):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3), nn.Sigmoid())
+    report = noisyact.noisify(net, "NAH", soft=soft, per_feature=True)
+    assert len(report.replaced) == 2 and "num_parameters=lazy" in repr(net)
+    net(torch.randn(5, 4))  # sizes p, as nn.LazyLinear
+    hard = (noisyact.NoisyHardTanh, noisyact.NoisyHardSigmoid)
+    assert type(net[1]) is (noisyact.NoisyTanh if soft else hard[0])
+    assert net[1].p.shape == (8,) and net[3].p.shape == (3,) and net[1].num_parameters == 8
+    groups = noisyact.param_groups(net, weight_decay=0.1)
+    assert groups[1]["params"] == [net[1].p, net[3].p]
+    torch.optim.AdamW(groups).step()
+    fresh = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3), nn.Sigmoid())
+    noisyact.noisify(fresh, "NAH", soft=soft, per_feature=True)
+    fresh.load_state_dict(net.state_dict())  # lazy modules load a sized p
+    assert torch.equal(fresh[1].p, net[1].p)
+    seq = nn.Sequential(nn.Linear(4, 6), nn.Tanh())
+    noisyact.noisify(seq, per_feature=True, dim=-1)
+    seq(torch.randn(2, 7, 4))
+    assert seq[1].p.shape == (6,)
+    with pytest.raises(ValueError, match="num_parameters"):
+        noisyact.noisify(nn.Tanh(), per_feature=True, num_parameters=3)
+
+
+class _FunctionalGates(nn.Module):
+    """Gates written as function calls: invisible to the module walk of noisify."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 18)
+        self.head = nn.Sequential(nn.Linear(3, 3), nn.Tanh())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b, c, d, e, f = self.lin(x).chunk(6, -1)
+        y = (torch.sigmoid(a) * torch.tanh(b) + nn.functional.sigmoid(c) * nn.functional.tanh(d)
+             + e.sigmoid() * f.tanh())
+        return self.head(y)
+
+
+def test_noisify_traced_converts_functional_calls():
+    torch.manual_seed(0)
+    model = _FunctionalGates().double()
+    x = torch.randn(64, 4, dtype=torch.float64) * 4
+    plain = noisyact.noisify(_copy(model), "NAH")
+    assert [r[0] for r in plain.replaced] == ["head.1"]  # the functional calls stay
+    assert not isinstance(plain.model, torch.fx.GraphModule)
+    report = noisyact.noisify(model, "NAH", trace=True)
+    gm = report.model
+    assert isinstance(gm, torch.fx.GraphModule)
+    new = [r for r in report.replaced if r[0].startswith("noisy_")]
+    assert len(new) == 6
+    assert {r[2] for r in new} == {"NoisyHardSigmoid", "NoisyHardTanh"}
+    acts = [m for m in gm.modules() if isinstance(m, noisyact.NoisyActivation)]
+    assert len(acts) == 7 and all(a.p.dtype == torch.float64 for a in acts)
+    assert len(list(noisyact.noise_parameters(gm))) == 7
+    groups = noisyact.param_groups(gm, weight_decay=0.1)
+    assert len(groups[1]["params"]) == 7 and groups[1]["weight_decay"] == 0.0
+    gm.train()
+    assert not torch.equal(gm(x), gm(x))  # noisy in training
+    gm.eval()
+    a, b, c, d, e, f = model.lin(x).chunk(6, -1)  # gm shares model's submodules
+    units = {n: m for n, m in gm.named_children() if n.startswith("noisy_")}
+    expect = (units["noisy_sigmoid"](a) * units["noisy_tanh"](b)
+              + units["noisy_sigmoid_1"](c) * units["noisy_tanh_1"](d)
+              + units["noisy_sigmoid_2"](e) * units["noisy_tanh_2"](f))
+    torch.testing.assert_close(gm(x), model.head(expect))
+    # the eval value of each unit is the hard-function expectation (Eq. 13)
+    ref = noisyact.functional.noisy_hard_tanh(b, units["noisy_tanh"].p, variant="NAH",
+                                              training=False)
+    torch.testing.assert_close(units["noisy_tanh"](b), ref)
+    gm.train()
+    gm(x).sum().backward()
+    assert all(a.p.grad is not None for a in acts)
+
+
+def _copy(m):
+    import copy
+    return copy.deepcopy(m)

@@ -73,13 +73,13 @@ def test_soft_units_equal_torch(cls, tcls, batch_first, bidirectional):
     torch.testing.assert_close(x.grad, g)
 
 
-def _reference_lstm_layer(x, w_ih, w_hh, b, p, noise, variant, alpha_g, alpha_t, c):
+def _reference_lstm_layer(x, w_ih, w_hh, b, p, noise, variant, alpha_g, alpha_t, c, **extra):
     """A hand-written loop over noisyact.functional with given noise (T, B, 5H)."""
     H = w_hh.shape[1]
     h = x.new_zeros(x.shape[1], H)
     cell = x.new_zeros(x.shape[1], H)
     outs = []
-    kw = {"variant": variant, "training": True, "dim": -1, "c": c}
+    kw = {"variant": variant, "training": True, "dim": -1, "c": c, **extra}
     for t in range(x.shape[0]):
         pre = x[t] @ w_ih.T + h @ w_hh.T + b
         i, f, g, o = pre.chunk(4, 1)
@@ -94,11 +94,11 @@ def _reference_lstm_layer(x, w_ih, w_hh, b, p, noise, variant, alpha_g, alpha_t,
     return torch.stack(outs)
 
 
-def _reference_gru_layer(x, w_ih, w_hh, b_ih, b_hh, p, noise, variant, alpha_g, alpha_t, c):
+def _reference_gru_layer(x, w_ih, w_hh, b_ih, b_hh, p, noise, variant, alpha_g, alpha_t, c, **extra):
     H = w_hh.shape[1]
     h = x.new_zeros(x.shape[1], H)
     outs = []
-    kw = {"variant": variant, "training": True, "dim": -1, "c": c}
+    kw = {"variant": variant, "training": True, "dim": -1, "c": c, **extra}
     for t in range(x.shape[0]):
         gi = x[t] @ w_ih.T + b_ih
         gh = h @ w_hh.T + b_hh
@@ -362,3 +362,79 @@ def test_compiled_kernels_survive_train_eval_and_batches_of_one(recwarn):
                 gru(torch.randn(2, batch, 3))
     assert noisyact.fused_mode() == "compile"
     assert not [w for w in recwarn if "eagerly" in str(w.message)]
+
+
+@pytest.mark.parametrize("cls,ref", PAIRS)
+def test_dtype_mismatch_errors_like_torch(cls, ref):
+    """float64/int input into float32 weights: nn.LSTM's ValueError and message; a float64
+    state with float32 input: a RuntimeError naming both dtypes (was accepted silently)."""
+    m, r = cls(3, 4), ref(3, 4)
+    for x in (torch.randn(2, 1, 3, dtype=torch.float64), torch.arange(6).reshape(2, 1, 3)):
+        with pytest.raises(ValueError) as theirs:
+            r(x)
+        with pytest.raises(ValueError) as ours:
+            m(x)
+        assert str(ours.value) == str(theirs.value)
+    x = torch.randn(2, 1, 3)
+    h64, h32 = torch.zeros(1, 1, 4, dtype=torch.float64), torch.zeros(1, 1, 4)
+    states = [(h64, h32), (h32, h64)] if cls is NoisyLSTM else [h64]
+    for hx in states:
+        with pytest.raises(RuntimeError):
+            r(x, hx)
+        with pytest.raises(RuntimeError, match=r"dtype \(torch.float64\) does not match input "
+                                               r"dtype \(torch.float32\)"):
+            m(x, hx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as nn.LSTM: no check under autocast
+        assert m(x)[0].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("kind,variant", [("LSTM", "NAH"), ("LSTM", "NAN"), ("GRU", "NAH")])
+def test_clip_output_fused_layer_equals_reference(kind, variant):
+    """clip_output=True through the fused recurrent kernels: forward, hand-written backward
+    (zero where the clip is active) = autograd through the reference ops (fused mode "off"),
+    and large inputs no longer overflow (they do without the clip)."""
+    noisyact.set_noise_source("torch")
+    torch.manual_seed(0)
+    T, B, I, H = 6, 3, 4, 5
+    cls = NoisyLSTM if kind == "LSTM" else NoisyGRU
+    m = cls(I, H, variant=variant, gate_c=1.5, unit_c=1.5, clip_output=True,
+            generator=torch.Generator().manual_seed(9)).double()
+    assert all(a.clip_output for a in m.noise_l0.children())
+    x = (torch.randn(T, B, I, dtype=torch.float64) * 30).requires_grad_()
+    y = m(x)[0]
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    acts = m.noise_l0
+    noise = _layer_noise("torch", T, B, (5 if kind == "LSTM" else 3) * H, 9)
+    w_ih = m.weight_ih_l0.detach().clone().requires_grad_()
+    w_hh = m.weight_hh_l0.detach().clone().requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    noisyact.set_fused_mode("off")
+    units = (acts.gate, acts.cand, acts.cell) if kind == "LSTM" else (acts.gate, acts.cand)
+    ps = [a.p.detach().clone().requires_grad_() for a in units]
+    if kind == "LSTM":
+        b = (m.bias_ih_l0 + m.bias_hh_l0).detach()
+        y2 = _reference_lstm_layer(x2, w_ih, w_hh, b, ps, noise, variant, acts.gate.alpha,
+                                   acts.cand.alpha, 1.5, clip_output=True)
+        y3 = _reference_lstm_layer(x2, w_ih, w_hh, b, ps, noise, variant, acts.gate.alpha,
+                                   acts.cand.alpha, 1.5)
+    else:
+        args = (x2, w_ih, w_hh, m.bias_ih_l0.detach(), m.bias_hh_l0.detach(), ps, noise, variant,
+                acts.gate.alpha, acts.cand.alpha, 1.5)
+        y2 = _reference_gru_layer(*args, clip_output=True)
+        y3 = _reference_gru_layer(*args)
+    assert not torch.allclose(y2, y3)  # the clip is active
+    y2.backward(gy)
+    torch.testing.assert_close(y, y2)
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(m.weight_hh_l0.grad, w_hh.grad)
+    torch.testing.assert_close(m.weight_ih_l0.grad, w_ih.grad)
+    for a, b_ in zip(units, ps, strict=True):
+        torch.testing.assert_close(a.p.grad, b_.grad)
+    noisyact.set_fused_mode("eager")
+    big = torch.randn(50, 4, I, dtype=torch.float64) * 1e30
+    with torch.no_grad():
+        assert m(big)[0].isfinite().all()
+        for a in units:
+            a.clip_output = False
+        assert not m(big)[0].isfinite().all()

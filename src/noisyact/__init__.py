@@ -14,6 +14,10 @@ from .convert import NoisifyReport, noise_parameters, noisify, param_groups, reg
 from .fused import fused_mode, set_fused_mode
 from .modules import (
     HardSigmoid,
+    LazyNoisyHardSigmoid,
+    LazyNoisyHardTanh,
+    LazyNoisySigmoid,
+    LazyNoisyTanh,
     NoisyActivation,
     NoisyHardSigmoid,
     NoisyHardTanh,
@@ -34,6 +38,10 @@ __all__ = [
     "Exponential",
     "HardSigmoid",
     "InverseSqrt",
+    "LazyNoisyHardSigmoid",
+    "LazyNoisyHardTanh",
+    "LazyNoisySigmoid",
+    "LazyNoisyTanh",
     "Linear",
     "NoiseAnnealer",
     "NoisifyReport",

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from ._validation import check_nonnegative
+from ._validation import check_nonnegative, check_variant
 
 __all__ = [
     "Constant",
@@ -63,11 +63,17 @@ class InverseSqrt:
     The paper anneals "from 30 to 0.5" without saying how c stops at 0.5 (30/√(t+1) only reaches
     it at t = 3599); ``floor`` makes that explicit. ``every`` may be a fraction (t then advances
     several times per update), which compresses the schedule for short runs.
+
+    Args:
+        c0: c at step 0 (the paper: 30).
+        every: updates per increment of t (the paper: 200).
+        floor: lower bound of c. Default 0.5, the paper's final value, so that c never falls
+            below it on a long run; pass ``floor=0.0`` for the unbounded c0 / √(t + 1).
     """
 
     c0: float
     every: float = 200
-    floor: float = 0.0
+    floor: float = 0.5
 
     def __post_init__(self) -> None:
         check_nonnegative("c0", self.c0)
@@ -142,23 +148,46 @@ def noisy_modules(model: nn.Module | Iterable[nn.Module]) -> list[nn.Module]:
     return [m for m in mods if callable(getattr(m, "set_c", None))]
 
 
+#: Variants annealed by default: those whose c scales σ(x) of Eq. 9 (§6.6 anneals NAN/NANIL).
+ANNEALED_VARIANTS = ("NAN", "NAH", "NANIL")
+
+
 class NoiseAnnealer:
     """Sets c of every noisy module of ``model`` from ``schedule`` after each update.
 
+    By default only the variants whose c scales the learned σ(x) of Eq. 9 are annealed (NAN,
+    NAH, NANIL: the paper anneals NAN and NANIL, §6.6). NANI and NANIS modules are skipped: their c
+    is the fixed input-noise σ (Table 3 uses σ = 0.05), and a schedule starting at c0 = 30 would
+    drown their input. Pass ``variants`` to choose, e.g. ``variants=None`` for every module.
+
     Args:
-        model: a model (all its noisy modules are annealed) or an iterable of noisy modules.
+        model: a model (its noisy modules are annealed) or an iterable of noisy modules.
         schedule: a :class:`Schedule`, e.g. :class:`InverseSqrt`.
         last_step: number of updates already done (to resume without a state dict).
+        variants: the variants to anneal (modules with a ``variant`` attribute outside it are
+            left alone; modules without one are always annealed), or ``None`` for all.
+            Default ``("NAN", "NAH", "NANIL")``.
 
     Raises:
-        ValueError: if the model contains no noisy module.
+        ValueError: if the model contains no noisy module to anneal.
     """
 
     def __init__(self, model: nn.Module | Iterable[nn.Module], schedule: Schedule,
-                 last_step: int = 0) -> None:
-        self.modules = noisy_modules(model)
+                 last_step: int = 0,
+                 variants: Iterable[str] | None = ANNEALED_VARIANTS) -> None:
+        found = noisy_modules(model)
+        if variants is None:
+            self.variants: tuple[str, ...] | None = None
+            self.modules = found
+        else:
+            self.variants = tuple(check_variant(v) for v in variants)
+            self.modules = [m for m in found
+                            if getattr(m, "variant", None) in (None, *self.variants)]
         if not self.modules:
-            raise ValueError("model contains no noisy module to anneal")
+            skipped = sorted({str(getattr(m, "variant", "")) for m in found})
+            hint = (f" ({len(found)} module(s) of variant {', '.join(skipped)} skipped: pass "
+                    f"variants= to anneal them)" if found else "")
+            raise ValueError("model contains no noisy module to anneal" + hint)
         self.schedule = schedule
         self.last_step = int(last_step)
         self._apply()

@@ -6,37 +6,65 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from . import rnn
-from .modules import NoisyActivation, NoisyHardSigmoid, NoisyHardTanh, NoisySigmoid, NoisyTanh
+from .modules import (
+    LazyNoisyHardSigmoid,
+    LazyNoisyHardTanh,
+    LazyNoisySigmoid,
+    LazyNoisyTanh,
+    NoisyActivation,
+    NoisyHardSigmoid,
+    NoisyHardTanh,
+    NoisySigmoid,
+    NoisyTanh,
+)
 
 __all__ = ["NoisifyReport", "noise_parameters", "noisify", "param_groups", "register_converter"]
 
 Converter = Callable[[nn.Module, str, dict[str, Any]], nn.Module]
 
 
+#: Private keyword of the built-in converters: one p per feature (lazily sized).
+_PER_FEATURE = "_per_feature"
+
+
+def _activation(hard: type[NoisyActivation], lazy: type[NoisyActivation], variant: str,
+                kw: dict[str, Any]) -> nn.Module:
+    kw = dict(kw)
+    cls = lazy if kw.pop(_PER_FEATURE, False) else hard
+    return cls(variant, **kw)  # type: ignore[call-arg]
+
+
 def _tanh(m: nn.Module, variant: str, kw: dict[str, Any]) -> nn.Module:
-    return NoisyHardTanh(variant, **kw)
+    return _activation(NoisyHardTanh, LazyNoisyHardTanh, variant, kw)
 
 
 def _sigmoid(m: nn.Module, variant: str, kw: dict[str, Any]) -> nn.Module:
-    return NoisyHardSigmoid(variant, **kw)
+    return _activation(NoisyHardSigmoid, LazyNoisyHardSigmoid, variant, kw)
 
 
 def _hardtanh(m: nn.Module, variant: str, kw: dict[str, Any]) -> nn.Module:
     assert isinstance(m, nn.Hardtanh)
     if (m.min_val, m.max_val) != (-1.0, 1.0):
         raise _Skip(f"Hardtanh({m.min_val}, {m.max_val}) is not the paper's hard-tanh")
-    return NoisyHardTanh(variant, **kw)
+    return _tanh(m, variant, kw)
+
+
+def _elman(m: nn.Module, variant: str, kw: dict[str, Any]) -> nn.Module:
+    raise _Skip(f"{type(m).__name__} (Elman RNN) has no noisy counterpart: its nonlinearity runs "
+                "inside torch's RNN kernel; use nn.LSTM/nn.GRU or a loop over noisy modules")
 
 
 class _Skip(Exception):
     """A converter declines a module (the reason goes into the report)."""
 
 
+# (_PER_FEATURE is not passed on: recurrent units always have one p per unit)
 _RNN_KEYS = ("gate_variant", "unit_variant", "gate_alpha", "unit_alpha", "gate_c", "unit_c",
-             "generator")
+             "generator", "clip_output", "gate_clip_output", "unit_clip_output")
 
 
 def _recurrent(m: nn.Module, variant: str, kw: dict[str, Any]) -> nn.Module:
@@ -59,8 +87,12 @@ _CONVERTERS: dict[type[nn.Module], Converter] = {
     nn.GRU: _recurrent,
     nn.LSTMCell: _recurrent,
     nn.GRUCell: _recurrent,
+    nn.RNN: _elman,
+    nn.RNNCell: _elman,
 }
-_SOFT: dict[type[nn.Module], type[NoisyActivation]] = {nn.Tanh: NoisyTanh, nn.Sigmoid: NoisySigmoid}
+_SOFT: dict[type[nn.Module], tuple[type[NoisyActivation], type[NoisyActivation]]] = {
+    nn.Tanh: (NoisyTanh, LazyNoisyTanh), nn.Sigmoid: (NoisySigmoid, LazyNoisySigmoid)}
+_FUNCTIONAL: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
 
 def register_converter(cls: type[nn.Module], converter: Converter) -> None:
@@ -83,21 +115,55 @@ class NoisifyReport:
         return "\n".join(lines)
 
 
+def _floating(m: nn.Module) -> torch.Tensor | None:
+    """The first floating-point parameter or buffer of ``m`` (recursively), if any."""
+    for t in (*m.parameters(), *m.buffers()):
+        if t.is_floating_point():
+            return t
+    return None
+
+
+def _factory(m: nn.Module, ancestors: list[nn.Module]) -> dict[str, Any]:
+    """device and dtype for the module replacing ``m``: those of its own tensors, else of the
+    nearest ancestor that has any (an ``nn.Tanh`` inside a float64 ``nn.Sequential``)."""
+    for owner in (m, *reversed(ancestors)):
+        t = _floating(owner)
+        if t is not None:
+            return {"device": t.device, "dtype": t.dtype}
+    return {}
+
+
 def noisify(model: nn.Module, variant: str = "NAH", *, soft: bool = False,
-            **kwargs: Any) -> NoisifyReport:
+            per_feature: bool = False, trace: bool = False, **kwargs: Any) -> NoisifyReport:
     """Replace ``nn.Tanh``, ``nn.Sigmoid``, ``nn.Hardtanh`` and ``nn.LSTM``/``nn.GRU`` by noisy ones.
 
     The model is changed in place (weights of converted recurrent layers are kept); if ``model``
-    itself is converted, the new root is ``report.model``. Activations called as functions inside
-    ``forward`` (``torch.tanh(x)``) cannot be seen and are not converted.
+    itself is converted, the new root is ``report.model``. New modules get the device and dtype
+    of the module they replace (of its nearest parent with parameters or buffers, for a module
+    without any), unless ``device``/``dtype`` are given. ``nn.RNN``/``nn.RNNCell`` have no noisy
+    counterpart and are listed in ``report.skipped``.
+
+    Activations called as functions inside ``forward`` (``torch.tanh(x)``, ``torch.sigmoid``,
+    ``F.tanh``, ``F.sigmoid``, ``x.tanh()``, ``x.sigmoid()``) are not modules and are only
+    converted with ``trace=True``: the model is then traced with :mod:`torch.fx` (noisy modules
+    and recurrent layers are kept as leaves) and each such call becomes a call of a new noisy
+    module, registered in the returned :class:`torch.fx.GraphModule` (``report.model``) under the
+    name listed in ``report.replaced``. Tracing needs a ``forward`` without data-dependent
+    Python control flow; in-place calls (``x.tanh_()``) are not converted.
 
     Args:
         model: the model.
         variant: the paper's variant for every new unit.
         soft: keep the soft shapes (:class:`NoisyTanh`, :class:`NoisySigmoid`) instead of the
             hard ones.
-        **kwargs: passed to each new module (``alpha``, ``c``, ...; recurrent layers take their
-            own keywords, see :class:`noisyact.NoisyLSTM`).
+        per_feature: give each new activation one p per feature along ``dim`` (keyword, default
+            1 as ``nn.PReLU``; ``dim=-1`` for (batch, time, features)) instead of one scalar p.
+            The size is taken from the first input (lazy modules, as ``nn.LazyLinear``): run
+            one forward pass before building the optimizer. Recurrent layers always have one p
+            per unit.
+        trace: also convert functional calls, by tracing with :mod:`torch.fx` (see above).
+        **kwargs: passed to each new module (``alpha``, ``c``, ``clip_output``, ...; recurrent
+            layers take their own keywords, see :class:`noisyact.NoisyLSTM`).
 
     Returns:
         A :class:`NoisifyReport`; ``print(report)`` lists what was replaced.
@@ -111,41 +177,117 @@ def noisify(model: nn.Module, variant: str = "NAH", *, soft: bool = False,
           3: Sigmoid -> NoisyHardSigmoid
     """
     report = NoisifyReport(model)
+    if per_feature and "num_parameters" in kwargs:
+        raise ValueError("per_feature=True sizes p from the first input; do not also give "
+                         "num_parameters")
 
-    def convert(m: nn.Module, name: str) -> nn.Module | None:
+    def convert(m: nn.Module, name: str, ancestors: list[nn.Module]) -> nn.Module | None:
         if isinstance(m, NoisyActivation | rnn.NoisyLSTM | rnn.NoisyGRU | rnn.NoisyLSTMCell
                       | rnn.NoisyGRUCell):
             return None
+        if type(m) not in _CONVERTERS and not (soft and type(m) in _SOFT):
+            return None
+        kw = {**_factory(m, ancestors), **kwargs}
         if soft and type(m) in _SOFT:
-            return _SOFT[type(m)](variant, **kwargs)
-        conv = _CONVERTERS.get(type(m))
-        if conv is None:
-            return None
-        try:
-            new = conv(m, variant, kwargs)
-        except _Skip as why:
-            report.skipped.append((name, str(why)))
-            return None
+            new: nn.Module = _SOFT[type(m)][per_feature](variant, **kw)
+        else:
+            conv = _CONVERTERS[type(m)]
+            if per_feature and conv in (_tanh, _sigmoid, _hardtanh):
+                kw[_PER_FEATURE] = True
+            try:
+                new = conv(m, variant, kw)
+            except _Skip as why:
+                report.skipped.append((name, str(why)))
+                return None
         new.train(m.training)
         return new
 
-    def walk(parent: nn.Module, prefix: str) -> None:
+    def walk(parent: nn.Module, prefix: str, ancestors: list[nn.Module]) -> None:
         for child_name, child in list(parent.named_children()):
             full = f"{prefix}.{child_name}" if prefix else child_name
-            new = convert(child, full)
+            new = convert(child, full, [*ancestors, parent])
             if new is None:
-                walk(child, full)
+                walk(child, full, [*ancestors, parent])
             else:
                 setattr(parent, child_name, new)
                 report.replaced.append((full, type(child).__name__, type(new).__name__))
 
-    root = convert(model, "")
+    root = convert(model, "", [])
     if root is not None:
         report.replaced.append(("", type(model).__name__, type(root).__name__))
         report.model = root
     else:
-        walk(model, "")
+        walk(model, "", [])
+    if trace:
+        _convert_functional(report, lambda m, name, anc: convert(m, name, anc))
     return report
+
+
+class _LeafTracer(torch.fx.Tracer):
+    """Keeps noisy modules and recurrent layers as leaves (their forward is not traceable)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, NoisyActivation | rnn.NoisyLSTM | rnn.NoisyGRU | rnn.NoisyLSTMCell
+                      | rnn.NoisyGRUCell):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def _functional_kind(node: torch.fx.Node) -> str | None:
+    """"tanh"/"sigmoid" for a call the tracer recorded as such (one tensor argument), else None."""
+    if node.op == "call_function":
+        kind = {torch.tanh: "tanh", torch.sigmoid: "sigmoid", torch.special.expit: "sigmoid",
+                torch.nn.functional.tanh: "tanh",
+                torch.nn.functional.sigmoid: "sigmoid"}.get(node.target)  # type: ignore[call-overload]
+        label = f"torch.{kind}" if kind else None
+    elif node.op == "call_method" and node.target in _FUNCTIONAL:
+        kind = str(node.target)
+        label = f"Tensor.{kind}"
+    else:
+        return None
+    if kind is None or len(node.args) != 1 or node.kwargs:
+        return None
+    return label
+
+
+def _convert_functional(report: NoisifyReport,
+                        convert: Callable[[nn.Module, str, list[nn.Module]], nn.Module | None],
+                        ) -> None:
+    """Trace ``report.model`` with torch.fx and turn functional tanh/sigmoid calls into noisy
+    modules (see :func:`noisify`)."""
+    model = report.model
+    tracer = _LeafTracer()
+    graph = tracer.trace(model)
+    gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+    count = 0
+    for node in list(graph.nodes):
+        label = _functional_kind(node)
+        if label is None:
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        owner_path = next(reversed(stack.values()))[0] if stack else ""
+        owner = model.get_submodule(owner_path) if owner_path else model
+        ancestors = [model] if owner is model else [model, owner]
+        name = f"noisy_{node.name}"
+        while hasattr(gm, name):
+            name += "_"
+        new = convert(_FUNCTIONAL[label.split(".")[1]](), name, ancestors)
+        if new is None:
+            continue
+        new.train(model.training)
+        gm.add_submodule(name, new)
+        with graph.inserting_before(node):
+            call = graph.call_module(name, node.args)
+        node.replace_all_uses_with(call)
+        graph.erase_node(node)
+        where = f" in {owner_path}" if owner_path else ""
+        report.replaced.append((name, label + where, type(new).__name__))
+        count += 1
+    if count:
+        graph.lint()
+        gm.recompile()
+        gm.train(model.training)
+        report.model = gm
 
 
 def noise_parameters(model: nn.Module) -> Iterator[nn.Parameter]:

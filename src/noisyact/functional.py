@@ -24,6 +24,11 @@ NANIL     Eq. 14, σ = σ(x) of Eq. 9 (learned p)          h(x)
 NANIS     Eq. 15, σ = c, only where |x| >= x_t          h(x)
 ========  ===========================================  ============================================
 
+With α > 1 the output-noise variants are **unbounded** by design: the (1 − α)·u(x) term of Eq. 12
+keeps growing linearly past saturation, with slope −(α − 1)·u'(x) (hard-sigmoid with α = 1.1: −1.35
+at x = 100 in eval). This is the paper's Eq. 12; ``clip_output=True`` clips φ to the range of h
+(as the authors' paper-era code did), with zero gradient where the clip is active.
+
 For NAN and NAH the eval output is the exact expectation of the training output over ξ. For the
 input-noise variants the paper replaces ξ by its mean (ξ → 0), giving h(x); this equals the
 expectation wherever the input noise cannot cross a kink of h (σ = 0 in the linear regime of
@@ -175,6 +180,7 @@ def noisy_activation(
     dim: int = 1,
     noise: Tensor | None = None,
     recompute_noise: bool = False,
+    clip_output: bool = False,
 ) -> Tensor:
     r"""Noisy version of any saturating function ``fn`` = (h, u) (Eqs. 8-15).
 
@@ -195,6 +201,11 @@ def noisy_activation(
             backward and redraw ξ from the saved generator state (less memory, one more draw).
             The default counter noise (:mod:`noisyact.noise`) is always regenerated, never
             saved.
+        clip_output: clip φ to the range of h (``fn.bounds``: [−1, 1] for hard-tanh, [0, 1]
+            for hard-sigmoid), as the authors' paper-era code; the gradient is zero where the
+            clip is active, and eval returns the clipped test-time value. Default ``False``
+            (Eq. 12 as in the paper: with α > 1 the output is unbounded). A no-op for the
+            input-noise variants, whose output h(·) is in range already.
 
     Returns:
         A tensor of the shape and dtype of x.
@@ -206,18 +217,22 @@ def noisy_activation(
         c = default_c(variant)
     check_hyperparameters(alpha=alpha, c=c)
     if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise ValueError("x must be a floating-point Tensor")
+        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a floating-point Tensor, got {got}")
     if variant == "NANIS" and fn.threshold is None:
         raise ValueError(f"variant 'NANIS' (Eq. 15) needs a saturation threshold; {fn.name!r} has none")
     if noise is not None and noise.shape != x.shape:
         raise ValueError(f"noise has shape {list(noise.shape)}, expected {list(x.shape)}")
+    if clip_output and fn.bounds is None:
+        raise ValueError(f"clip_output needs the range of h; {fn.name!r} has none "
+                         "(give Saturating(..., bounds=(lo, hi)))")
     p_b = _p_for(variant, p, x, dim)
 
     if training and fn.affine is not None and fused.enabled_for(x, c):
         return fused.noisy_unit(
             x, p if variant in LEARNED_P_VARIANTS else None, variant=variant, dim=dim,
             affine=fn.affine, alpha=alpha, c=c, generator=generator, noise=noise,
-            recompute_noise=recompute_noise,
+            recompute_noise=recompute_noise, clip_output=clip_output,
         )
 
     cdt = compute_dtype(x.dtype)
@@ -228,15 +243,17 @@ def noisy_activation(
         assert p_b is not None
         h_x, u_x = fn.h(xf), fn.u(xf)
         if not training:
-            return output_noise_expectation(xf, h_x, u_x, p_b, alpha, c, variant == "NAH").to(
-                x.dtype
-            )
-        xi = draw_noise(x, generator) if noise is None else noise
-        eps = xi.to(cdt)
-        if variant == "NAH":
-            eps = eps.abs()
-        sigma = noise_scale(saturation(h_x, u_x), p_b, c)
-        out = alpha * h_x + (1.0 - alpha) * u_x + noise_direction(xf, alpha) * sigma * eps
+            out = output_noise_expectation(xf, h_x, u_x, p_b, alpha, c, variant == "NAH")
+        else:
+            xi = draw_noise(x, generator) if noise is None else noise
+            eps = xi.to(cdt)
+            if variant == "NAH":
+                eps = eps.abs()
+            sigma = noise_scale(saturation(h_x, u_x), p_b, c)
+            out = alpha * h_x + (1.0 - alpha) * u_x + noise_direction(xf, alpha) * sigma * eps
+        if clip_output:
+            assert fn.bounds is not None
+            out = torch.clamp(out, fn.bounds[0], fn.bounds[1])
         return out.to(x.dtype)
 
     # Input-noise variants (Eqs. 14, 15): ξ → 0 at test time.
@@ -269,9 +286,11 @@ def _bind(fn: Saturating, name: str, doc: str):
         generator: torch.Generator | None = None,
         dim: int = 1,
         noise: Tensor | None = None,
+        clip_output: bool = False,
     ) -> Tensor:
         return noisy_activation(x, p, fn=fn, variant=variant, alpha=alpha, c=c,
-                                training=training, generator=generator, dim=dim, noise=noise)
+                                training=training, generator=generator, dim=dim, noise=noise,
+                                clip_output=clip_output)
 
     bound.__name__ = bound.__qualname__ = name
     bound.__doc__ = doc + "\n\n    Arguments as :func:`noisy_activation` (``fn`` fixed).\n"

@@ -77,11 +77,22 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 #: Kernel code of each variant: output noise (Eq. 12) or which input noise (Eqs. 14, 15).
 #: Codes are static (Python) arguments, so each compiled kernel is specialised to its variant.
 VARIANT_CODES = {"NAN": 0, "NAH": 0, "NANI": 1, "NANIL": 2, "NANIS": 3}
+#: Added to the code of an output-noise unit whose output is clipped to the range of h.
+CLIP_CODE = 4
 
 
-def unit_code(variant: str) -> tuple[int, bool]:
-    """(variant code, half-normal) for the kernels."""
-    return VARIANT_CODES[variant], variant == "NAH"
+def unit_code(variant: str, clip_output: bool = False) -> tuple[int, bool]:
+    """(variant code, half-normal) for the kernels. ``clip_output`` adds :data:`CLIP_CODE` for
+    the output-noise variants (the input-noise variants return h(·), already in its range)."""
+    code = VARIANT_CODES[variant]
+    if clip_output and code == 0:
+        code += CLIP_CODE
+    return code, variant == "NAH"
+
+
+def _clip_bounds(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """The range [a − b, a + b] of h = a + b·clamp(kx, −1, 1) (b > 0)."""
+    return a - b, a + b
 
 
 def _terms(x: Tensor, p: Tensor, c: Tensor, hp: Tensor):
@@ -125,9 +136,13 @@ def unit_forward(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor, code: 
 
     Output noise (code 0, Eq. 12): φ = αh + (1 − α)u + dσε, ε = |ξ| if ``half`` else ξ. Input
     noise: φ = h(x + σ_in ξ) with σ_in = c (NANI, 1), σ(x) (NANIL, 2), c·1[|x| >= x_t] (NANIS, 3).
+    Code 4 (:data:`CLIP_CODE`): output noise with φ clipped to the range of h.
     """
     xf, alpha, a, b, k, kx, t, _, _, _, cc, sigma = _terms(x, p, c, hp)
     xif = xi.to(xf.dtype)
+    if code == CLIP_CODE:
+        lo, hi = _clip_bounds(a, b)
+        return torch.clamp(_output_value(xf, alpha, a, b, kx, t, sigma, xif, half)[0], lo, hi)
     if code == 0:
         return _output_value(xf, alpha, a, b, kx, t, sigma, xif, half)[0]
     return a + b * torch.clamp(_input_kz(code, xf, k, cc, sigma, kx, xif), -1.0, 1.0)
@@ -135,7 +150,15 @@ def unit_forward(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor, code: 
 
 def unit_backward(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor, code: int,
                   half: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """(φ, ∂φ/∂x, ∂φ/∂p) element-wise for the same ξ, in the compute dtype."""
+    """(φ, ∂φ/∂x, ∂φ/∂p) element-wise for the same ξ, in the compute dtype.
+
+    With :data:`CLIP_CODE` both derivatives are zero where the clip is active (as the
+    gradient of :func:`torch.clamp`: passed through on the bounds themselves)."""
+    if code == CLIP_CODE:
+        value, dx, dp = unit_backward(x, p, xi, c, hp, 0, half)
+        lo, hi = _clip_bounds(hp[1].to(value.dtype), hp[2].to(value.dtype))
+        kept = ((value >= lo) & (value <= hi)).to(value.dtype)
+        return torch.clamp(value, lo, hi), dx * kept, dp * kept
     xf, alpha, a, b, k, kx, t, delta, sg, s, cc, sigma = _terms(x, p, c, hp)
     xif = xi.to(xf.dtype)
     bk = b * k
@@ -220,7 +243,8 @@ class _NoisyUnit(torch.autograd.Function):
             gen = torch.Generator(device=device)
             gen.set_state(state)
             xi3 = torch.randn(x3.shape, dtype=x3.dtype, device=x3.device, generator=gen)
-        want_p = ctx.needs_input_grad[1] and ctx.code in (0, 2)  # NANI, NANIS: σ has no p
+        # NANI, NANIS: σ has no p
+        want_p = ctx.needs_input_grad[1] and ctx.code in (0, 2, CLIP_CODE)
         gx, gp = run_kernel(_backward_kernel, grad.contiguous(), x3, p3, xi3, key, c, hp,
                             static=(ctx.code, ctx.half, want_p), inline=True)
         if gp is not None:
@@ -240,6 +264,7 @@ def noisy_unit(
     generator: torch.Generator | None = None,
     noise: Tensor | None = None,
     recompute_noise: bool = False,
+    clip_output: bool = False,
 ) -> Tensor:
     """Training-mode φ for ``h = a + b·clamp(kx)``; arguments as in ``noisy_activation``.
 
@@ -272,5 +297,5 @@ def noisy_unit(
     )
     hp = constants(float(alpha), *affine, cdt, x.device)
     x3 = x.contiguous().view(shape3)
-    out = _NoisyUnit.apply(x3, p3, xi3, key, c_t, hp, regen, *unit_code(variant))
+    out = _NoisyUnit.apply(x3, p3, xi3, key, c_t, hp, regen, *unit_code(variant, clip_output))
     return out.view(x.shape)

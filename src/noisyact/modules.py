@@ -9,6 +9,8 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
 
 from . import functional as F
 from ._validation import check_c, check_hyperparameters, check_variant
@@ -17,6 +19,10 @@ from .saturating import HARD_SIGMOID, HARD_TANH, SIGMOID, TANH, Saturating
 
 __all__ = [
     "HardSigmoid",
+    "LazyNoisyHardSigmoid",
+    "LazyNoisyHardTanh",
+    "LazyNoisySigmoid",
+    "LazyNoisyTanh",
     "NoisyActivation",
     "NoisyHardSigmoid",
     "NoisyHardTanh",
@@ -40,6 +46,15 @@ class NoisyActivation(nn.Module):
     The input-noise variants compute :math:`h(x + \sigma\xi)` (NANI: σ = c; NANIL: σ(x) of
     Eq. 9; NANIS: σ = c only where :math:`|x| \ge x_t`, Eq. 15) and :math:`h(x)` in eval.
 
+    .. warning::
+        With α > 1 (the defaults of the hard functions: 1.15 hard-tanh, 1.1 hard-sigmoid) NAN
+        and NAH are **unbounded** by design: past saturation the (1 − α)·u(x) term keeps
+        growing linearly, so the output leaves the range of h (in eval a noisy hard-sigmoid
+        gives −1.35 at x = 100, a noisy hard-tanh −13.75). This is the paper's Eq. 12.
+        In a recurrent layer fed large inputs the cell state can then grow to inf/NaN where
+        ``nn.LSTM`` or ``variant="hard"`` stay bounded. ``clip_output=True`` clips the output
+        to the range of h, as the authors' paper-era code did; α = 1 also keeps it bounded.
+
     Args:
         fn: the pair (h, u) as a :class:`~noisyact.saturating.Saturating`.
         variant: ``"NAN"``, ``"NAH"``, ``"NANI"``, ``"NANIL"`` or ``"NANIS"``. Default ``"NAH"``.
@@ -52,6 +67,11 @@ class NoisyActivation(nn.Module):
         generator: optional :class:`torch.Generator` for the noise (eager mode).
         recompute_noise: save only x for backward and redraw ξ (fused path, noise source
             ``"torch"``; the default counter noise is always regenerated).
+        device, dtype: of p (``c`` is always a float64 buffer).
+        clip_output: clip the output to the range of h ([−1, 1] for tanh, [0, 1] for
+            sigmoid) in training and eval, with zero gradient where the clip is active (the
+            authors' paper-era code). Default ``False``: Eq. 12, unbounded for α > 1. No effect
+            on the input-noise variants, whose output is h(·).
 
     Shape:
         - Input: :math:`(*)`, any shape (with ``x.shape[dim] == num_parameters`` if > 1).
@@ -81,6 +101,7 @@ class NoisyActivation(nn.Module):
         recompute_noise: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        clip_output: bool = False,
     ) -> None:
         super().__init__()
         if fn is not None:
@@ -95,6 +116,12 @@ class NoisyActivation(nn.Module):
             raise ValueError(f"num_parameters must be a positive int, got {num_parameters!r}")
         if self.variant == "NANIS" and self.fn.threshold is None:
             raise ValueError(f"variant 'NANIS' needs a saturation threshold; {self.fn.name!r} has none")
+        if not isinstance(clip_output, bool):
+            raise ValueError(f"clip_output must be a bool, got {clip_output!r}")
+        if clip_output and self.fn.bounds is None:
+            raise ValueError(f"clip_output needs the range of h; {self.fn.name!r} has none "
+                             "(give make_saturating(..., bounds=(lo, hi)))")
+        self.clip_output = clip_output
         self.num_parameters = num_parameters
         self.dim = int(dim)
         self.inplace = inplace
@@ -139,13 +166,13 @@ class NoisyActivation(nn.Module):
         return F.noisy_activation(
             x, self.p, fn=self.fn, variant=self.variant, alpha=self.alpha, c=self.c,
             training=True, generator=self.generator, dim=self.dim,
-            recompute_noise=self.recompute_noise,
+            recompute_noise=self.recompute_noise, clip_output=self.clip_output,
         )
 
     def _expectation(self, x: Tensor) -> Tensor:
         return F.noisy_activation(
             x, self.p, fn=self.fn, variant=self.variant, alpha=self.alpha, c=self.c,
-            training=False, dim=self.dim,
+            training=False, dim=self.dim, clip_output=self.clip_output,
         )
 
     def extra_repr(self) -> str:
@@ -157,7 +184,15 @@ class NoisyActivation(nn.Module):
             s += f", num_parameters={self.num_parameters}"
             if self.num_parameters > 1:
                 s += f", dim={self.dim}"
+        if self.clip_output:
+            s += ", clip_output=True"
         return s
+
+
+def _dtype_name(x: Tensor) -> str:
+    if torch.jit.is_scripting():
+        return "an integer or bool tensor"
+    return str(x.dtype)
 
 
 class _AffineHard(NoisyActivation):
@@ -166,18 +201,21 @@ class _AffineHard(NoisyActivation):
     _a: float
     _b: float
     _k: float
+    clip_output: bool
 
     def __init__(self, variant: str = "NAH", alpha: float | None = None, c: float | None = None,
                  num_parameters: int = 1, dim: int = 1, inplace: bool = False,
                  generator: torch.Generator | None = None, recompute_noise: bool = False,
                  device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, clip_output: bool = False) -> None:
         super().__init__(None, variant, alpha, c, num_parameters, dim, inplace, generator,
-                         recompute_noise, device, dtype)
+                         recompute_noise, device, dtype, clip_output)
         assert self.fn.affine is not None
         self._a, self._b, self._k = self.fn.affine
 
     def _expectation(self, x: Tensor) -> Tensor:
+        if not x.is_floating_point():  # as the training path and the functional form
+            raise ValueError("x must be a floating-point Tensor, got " + _dtype_name(x))
         cdt = compute_dtype(x.dtype)
         xf = x.to(cdt)
         kx = self._k * xf
@@ -191,6 +229,8 @@ class _AffineHard(NoisyActivation):
         p_b = F.broadcast_p(p, x, self.dim).to(cdt)
         out = F.output_noise_expectation(xf, h_x, u_x, p_b, self.alpha, self.c.to(cdt),
                                          self.variant == "NAH")
+        if self.clip_output:
+            out = torch.clamp(out, self._a - self._b, self._a + self._b)
         return out.to(x.dtype)
 
 
@@ -247,12 +287,84 @@ class NoisySigmoid(NoisyActivation):
         super().__init__(None, variant, **kwargs)  # type: ignore[arg-type]
 
 
+class _LazyNoisy(LazyModuleMixin):
+    """One p per feature along ``dim``, sized from the first input (as ``nn.LazyLinear``)."""
+
+    cls_to_become: type[NoisyActivation]
+
+    def __init__(self, variant: str = "NAH", **kwargs: object) -> None:
+        if "num_parameters" in kwargs:
+            raise ValueError("a lazy noisy activation infers num_parameters from its first input")
+        super().__init__(variant, **kwargs)  # type: ignore[call-arg]
+        self.num_parameters = 0
+        if self.p is not None:  # type: ignore[has-type]
+            self.p = UninitializedParameter(device=kwargs.get("device"),  # type: ignore[arg-type]
+                                             dtype=kwargs.get("dtype"))  # type: ignore[arg-type]
+
+    def reset_parameters(self) -> None:
+        if not self.has_uninitialized_params():
+            super().reset_parameters()  # type: ignore[misc]
+
+    def initialize_parameters(self, x: Tensor) -> None:
+        """Materialise p with ``x.shape[dim]`` entries, U(−1, 1)."""
+        if not self.has_uninitialized_params():
+            return
+        dim: int = self.dim  # type: ignore[attr-defined]
+        if not -x.dim() <= dim < x.dim():
+            raise ValueError(f"dim={dim} is out of range for the first input, of shape "
+                             f"{list(x.shape)}")
+        n = x.shape[dim]
+        with torch.no_grad():
+            self.p.materialize((n,))  # type: ignore[attr-defined]
+        self.num_parameters = n
+        self.reset_parameters()
+
+    def extra_repr(self) -> str:
+        if self.has_uninitialized_params():
+            return f"variant={self.variant}, num_parameters=lazy, dim={self.dim}"  # type: ignore[attr-defined]
+        return super().extra_repr()  # type: ignore[misc]
+
+
+class LazyNoisyHardTanh(_LazyNoisy, NoisyHardTanh):
+    """:class:`NoisyHardTanh` with one p per feature along ``dim``, sized on the first forward.
+
+    Like ``nn.LazyLinear``: run one forward (e.g. a dummy batch) before building the
+    optimizer; the module then becomes a :class:`NoisyHardTanh` with ``num_parameters =
+    x.shape[dim]``. Arguments as :class:`NoisyHardTanh` except ``num_parameters``.
+    """
+
+    cls_to_become = NoisyHardTanh
+
+
+class LazyNoisyHardSigmoid(_LazyNoisy, NoisyHardSigmoid):
+    """:class:`NoisyHardSigmoid` with one p per feature, sized on the first forward
+    (see :class:`LazyNoisyHardTanh`)."""
+
+    cls_to_become = NoisyHardSigmoid
+
+
+class LazyNoisyTanh(_LazyNoisy, NoisyTanh):
+    """:class:`NoisyTanh` with one p per feature, sized on the first forward
+    (see :class:`LazyNoisyHardTanh`)."""
+
+    cls_to_become = NoisyTanh
+
+
+class LazyNoisySigmoid(_LazyNoisy, NoisySigmoid):
+    """:class:`NoisySigmoid` with one p per feature, sized on the first forward
+    (see :class:`LazyNoisyHardTanh`)."""
+
+    cls_to_become = NoisySigmoid
+
+
 def make_saturating(
     name: str, h: Callable[[Tensor], Tensor], u: Callable[[Tensor], Tensor],
-    threshold: float | None = None,
+    threshold: float | None = None, bounds: tuple[float, float] | None = None,
 ) -> Saturating:
-    """Build the (h, u) pair for a user's saturating function, for :class:`NoisyActivation`."""
-    return Saturating(name, h, u, threshold=threshold)
+    """Build the (h, u) pair for a user's saturating function, for :class:`NoisyActivation`.
+
+    ``bounds`` = (lo, hi), the range of h, is needed by ``clip_output=True``."""
+    return Saturating(name, h, u, threshold=threshold, bounds=bounds)
 
 
 class HardSigmoid(nn.Module):

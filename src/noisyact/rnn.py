@@ -66,13 +66,15 @@ def _check_kind(name: str, kind: str) -> str:
 
 
 def _activation(kind: str, gate: bool, n: int, alpha: float | None, c: float | None,
-                generator: torch.Generator | None, factory: dict[str, Any]) -> nn.Module:
+                generator: torch.Generator | None, factory: dict[str, Any],
+                clip_output: bool = False) -> nn.Module:
     if kind == "soft":
         return nn.Sigmoid() if gate else nn.Tanh()
     if kind == "hard":
         return HardSigmoid() if gate else nn.Hardtanh()
     cls = NoisyHardSigmoid if gate else NoisyHardTanh
-    return cls(kind, alpha=alpha, c=c, num_parameters=n, dim=-1, generator=generator, **factory)
+    return cls(kind, alpha=alpha, c=c, num_parameters=n, dim=-1, generator=generator,
+               clip_output=clip_output, **factory)
 
 
 class _UnitConfig:
@@ -80,17 +82,23 @@ class _UnitConfig:
 
     def __init__(self, variant: str, gate_variant: str | None, unit_variant: str | None,
                  gate_alpha: float | None, unit_alpha: float | None, gate_c: float | None,
-                 unit_c: float | None) -> None:
+                 unit_c: float | None, clip_output: bool = False,
+                 gate_clip_output: bool | None = None,
+                 unit_clip_output: bool | None = None) -> None:
         self.gate = _check_kind("gate_variant", gate_variant or variant)
         self.unit = _check_kind("unit_variant", unit_variant or variant)
         self.gate_alpha, self.unit_alpha = gate_alpha, unit_alpha
         self.gate_c, self.unit_c = gate_c, unit_c
+        self.gate_clip = clip_output if gate_clip_output is None else gate_clip_output
+        self.unit_clip = clip_output if unit_clip_output is None else unit_clip_output
 
     def make(self, gate: bool, n: int, generator: torch.Generator | None,
              factory: dict[str, Any]) -> nn.Module:
         if gate:
-            return _activation(self.gate, True, n, self.gate_alpha, self.gate_c, generator, factory)
-        return _activation(self.unit, False, n, self.unit_alpha, self.unit_c, generator, factory)
+            return _activation(self.gate, True, n, self.gate_alpha, self.gate_c, generator, factory,
+                               self.gate_clip)
+        return _activation(self.unit, False, n, self.unit_alpha, self.unit_c, generator, factory,
+                           self.unit_clip)
 
 
 class RecurrentUnits(nn.Module):
@@ -272,7 +280,8 @@ def _unit_spec(m: nn.Module, n: int, like: Tensor) -> tuple[Any, ...] | None:
         assert m.fn.affine is not None
         p = m.p if m.p is not None else torch.zeros(n, dtype=cdt, device=dev)
         return (p, m.c.to(cdt), constants(m.alpha, *m.fn.affine, cdt, dev),
-                HALF_NORMAL_MEAN if m.variant == "NAH" else 0.0, *unit_code(m.variant))
+                HALF_NORMAL_MEAN if m.variant == "NAH" else 0.0,
+                *unit_code(m.variant, m.clip_output))
     if isinstance(m, HardSigmoid) or (
         type(m) is nn.Hardtanh and (m.min_val, m.max_val) == (-1.0, 1.0)
     ):
@@ -460,6 +469,9 @@ class _NoisyRNNBase(nn.Module):
         gate_c: float | None = None,
         unit_c: float | None = None,
         generator: torch.Generator | None = None,
+        clip_output: bool = False,
+        gate_clip_output: bool | None = None,
+        unit_clip_output: bool | None = None,
     ) -> None:
         super().__init__()
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size),
@@ -476,7 +488,8 @@ class _NoisyRNNBase(nn.Module):
         self.proj_size = 0
         self.generator = generator
         self.config = _UnitConfig(variant, gate_variant, unit_variant, gate_alpha, unit_alpha,
-                                  gate_c, unit_c)
+                                  gate_c, unit_c, clip_output, gate_clip_output,
+                                  unit_clip_output)
         factory = {"device": device, "dtype": dtype}
         G = self._gates * hidden_size
         acts_cls = LSTMActivations if self._gates == 4 else GRUActivations
@@ -600,6 +613,11 @@ class _NoisyRNNBase(nn.Module):
             hx = hx.unsqueeze(1)
         if tuple(hx.shape) != shape:
             raise ValueError(f"{name} has shape {list(hx.shape)}, expected {list(shape)}")
+        if hx.dtype != like.dtype and not torch.is_autocast_enabled(like.device.type):
+            # nn.LSTM/nn.GRU raise a RuntimeError here (from their kernels); same type, but
+            # naming the argument and both dtypes
+            raise RuntimeError(f"{name} dtype ({hx.dtype}) does not match input dtype "
+                               f"({like.dtype}). Convert the state: {name}.to({like.dtype})")
         return hx
 
     def _format_output(self, out: Tensor, packed: PackedSequence | None,
@@ -620,6 +638,12 @@ class _NoisyRNNBase(nn.Module):
     @torch.compiler.disable
     def _run(self, input: Tensor | PackedSequence, states: list[Tensor | None]):
         x, lengths, batched, packed = self._parse_input(input)
+        w = self.weight_ih_l0
+        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+            # nn.LSTM/nn.GRU's check and message
+            raise ValueError(f"RNN input dtype ({x.dtype}) does not match weight dtype "
+                             f"({w.dtype}). Convert input: input.to({w.dtype}), or convert "
+                             f"model: model.to({x.dtype})")
         T, B = x.shape[0], x.shape[1]
         names = ["h_0", "c_0"]
         st = [self._parse_state(s, B, batched, x, names[i]) for i, s in enumerate(states)]
@@ -678,6 +702,18 @@ class NoisyLSTM(_NoisyRNNBase):
         gate_c: c of the gates (default as in :class:`~noisyact.NoisyHardSigmoid`).
         unit_c: c of the tanh units (default as in :class:`~noisyact.NoisyHardTanh`).
         generator: optional :class:`torch.Generator` for the noise.
+        clip_output: clip the output of every noisy unit to the range of its h ([0, 1] for the
+            gates, [−1, 1] for the tanh units), with zero gradient where the clip is active, as
+            the authors' paper-era code. Default ``False`` (the paper's Eq. 12; see the warning).
+        gate_clip_output, unit_clip_output: override ``clip_output`` for the gates / for the
+            tanh units.
+
+    .. warning::
+        With α > 1 (the default) the NAN/NAH units are unbounded by design: past saturation the
+        (1 − α)·u term grows linearly (a gate gives −1.35 for a pre-activation of 100), so a
+        layer fed large inputs can grow its cell state to inf/NaN where ``nn.LSTM`` and
+        ``variant="hard"`` stay bounded. ``clip_output=True`` (or α = 1) keeps every unit in
+        the range of its h.
 
     Inputs: ``input, (h_0, c_0)`` exactly as ``nn.LSTM`` (batched, unbatched or
     :class:`~torch.nn.utils.rnn.PackedSequence`). Outputs: ``output, (h_n, c_n)``.
@@ -742,9 +778,10 @@ class NoisyGRU(_NoisyRNNBase):
         h_t = (1 - z_t) \odot n_t + z_t \odot h_{t-1}
         \end{array}
 
-    Arguments as :class:`NoisyLSTM`; inputs ``input, h_0`` and outputs ``output, h_n`` as
-    ``nn.GRU``. Units of layer k: ``noise_l{k}.gate`` (p of shape (2H,), order r, z) and
-    ``noise_l{k}.cand`` (p of shape (H,)).
+    Arguments (``clip_output`` included, see the warning there) as :class:`NoisyLSTM`; inputs
+    ``input, h_0`` and outputs ``output, h_n`` as ``nn.GRU``. Units of layer k:
+    ``noise_l{k}.gate`` (p of shape (2H,), order r, z) and ``noise_l{k}.cand`` (p of shape
+    (H,)).
 
     Example::
 
@@ -800,7 +837,9 @@ class _NoisyCellBase(nn.Module):
                  variant: str = "NAH", gate_variant: str | None = None,
                  unit_variant: str | None = None, gate_alpha: float | None = None,
                  unit_alpha: float | None = None, gate_c: float | None = None,
-                 unit_c: float | None = None, generator: torch.Generator | None = None) -> None:
+                 unit_c: float | None = None, generator: torch.Generator | None = None,
+                 clip_output: bool = False, gate_clip_output: bool | None = None,
+                 unit_clip_output: bool | None = None) -> None:
         super().__init__()
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
             if not isinstance(v, int) or v < 1:
@@ -817,7 +856,7 @@ class _NoisyCellBase(nn.Module):
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
         cfg = _UnitConfig(variant, gate_variant, unit_variant, gate_alpha, unit_alpha, gate_c,
-                          unit_c)
+                          unit_c, clip_output, gate_clip_output, unit_clip_output)
         acts_cls = LSTMActivations if self._gates == 4 else GRUActivations
         self.noise_l0 = acts_cls(hidden_size, cfg, generator, factory)
         self.config = cfg
@@ -858,6 +897,8 @@ class _NoisyCellBase(nn.Module):
 class NoisyLSTMCell(_NoisyCellBase):
     """One LSTM step with noisy units, drop-in for :class:`torch.nn.LSTMCell`.
 
+    Keyword arguments (``variant``, ..., ``clip_output``) as :class:`NoisyLSTM`.
+
     Example::
 
         >>> cell = NoisyLSTMCell(10, 20)
@@ -879,6 +920,8 @@ class NoisyLSTMCell(_NoisyCellBase):
 
 class NoisyGRUCell(_NoisyCellBase):
     """One GRU step with noisy units, drop-in for :class:`torch.nn.GRUCell`.
+
+    Keyword arguments (``variant``, ..., ``clip_output``) as :class:`NoisyLSTM`.
 
     Example::
 

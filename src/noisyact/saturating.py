@@ -63,6 +63,7 @@ class Saturating:
         affine: ``(a, b, k)`` when ``h(x) = a + b * clamp(k x, -1, 1)`` and
             ``u(x) = a + b k x``. Hard-tanh is ``(0, 1, 1)`` and hard-sigmoid ``(0.5, 0.5, 0.5)``;
             the fused path (:mod:`noisyact.fused`) handles exactly this family.
+        bounds: ``(lo, hi)``, the range of h (``clip_output`` clips to it); ``None`` if unknown.
     """
 
     name: str
@@ -70,11 +71,14 @@ class Saturating:
     u: Callable[[Tensor], Tensor]
     threshold: float | None = None
     affine: tuple[float, float, float] | None = None
+    bounds: tuple[float, float] | None = None
 
 
-HARD_TANH = Saturating("hard_tanh", hard_tanh, _identity, threshold=1.0, affine=(0.0, 1.0, 1.0))
+HARD_TANH = Saturating("hard_tanh", hard_tanh, _identity, threshold=1.0, affine=(0.0, 1.0, 1.0),
+                       bounds=(-1.0, 1.0))
 HARD_SIGMOID = Saturating(
-    "hard_sigmoid", hard_sigmoid, linear_sigmoid, threshold=2.0, affine=(0.5, 0.5, 0.5)
+    "hard_sigmoid", hard_sigmoid, linear_sigmoid, threshold=2.0, affine=(0.5, 0.5, 0.5),
+    bounds=(0.0, 1.0),
 )
-TANH = Saturating("tanh", torch.tanh, _identity)
-SIGMOID = Saturating("sigmoid", torch.sigmoid, linear_sigmoid)
+TANH = Saturating("tanh", torch.tanh, _identity, bounds=(-1.0, 1.0))
+SIGMOID = Saturating("sigmoid", torch.sigmoid, linear_sigmoid, bounds=(0.0, 1.0))
