@@ -173,6 +173,16 @@ def check_settings(cfg: dict[str, Any]) -> None:
         raise bad("dropout", "in [0, 1)")
 
 
+def report_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings a report of a run folder shows, from its ``config.json``: the run's settings
+    with ``seeds`` the number of seeds run into the folder (``--seeds`` or a resume with more
+    seeds may exceed the preset's)."""
+    settings = dict(config["settings"])
+    if "seeds" in config:
+        settings["seeds"] = int(config["seeds"])
+    return settings
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One (row, seed) of a run folder, as handed to a worker process."""
@@ -292,7 +302,8 @@ def run_experiment(exp: Experiment, preset: str = "quick", *, seeds: int | None 
                 log(f"[{exp.name}] {o.row} seed {o.seed}: {shown}")
         barrier(dist)
         if dist.is_main:
-            write_report(exp, out_dir, cfg)
+            write_report(exp, out_dir, report_settings(json.loads(
+                folder.config_path.read_text(encoding="utf-8"))))
     return out_dir
 
 
@@ -344,6 +355,7 @@ __all__ = [
     "check_settings",
     "parse_overrides",
     "preflight",
+    "report_settings",
     "run_experiment",
     "write_report",
 ]
