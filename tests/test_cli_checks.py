@@ -277,3 +277,37 @@ def test_translation_smoke_reads_only_what_it_uses(tmp_path):
     (d / "train.fr").write_text("".join(f"s{i}\n" for i in range(n - 1)))
     with pytest.raises(ValueError, match="not a parallel corpus"):  # still counts every line
         mt.load_corpus(cfg)
+
+
+def _flickr8k(tmp_path, n):
+    d = tmp_path / "flickr8k"
+    d.mkdir()
+    names = [f"im{i}.jpg" for i in range(3 * n)]
+    (d / "Flickr8k.token.txt").write_text(
+        "".join(f"{m}#{j}\tA dog runs {j}\n" for m in names for j in range(5)))
+    torch.save({"names": names, "features": torch.ones(3 * n, 4, 8)}, d / "features.pt")
+    for k, split in enumerate(("train", "dev", "test")):
+        (d / f"Flickr_8k.{split}Images.txt").write_text(
+            "".join(m + "\n" for m in names[k * n: (k + 1) * n]))
+    return d
+
+
+def test_captioning_smoke_on_flickr8k_is_bounded(tmp_path):
+    from noisyact.experiments import captioning as cap
+
+    cfg = {**cap.PRESETS["smoke"], "dataset": "flickr8k",
+           "data_dir": str(_flickr8k(tmp_path, 200))}
+    task = cap.CaptionTask("reference", cfg, 0)
+    for split in ("train", "valid", "test"):
+        assert len(task.inputs[split]) == len(task.ids[split]) == cfg[f"n_{split}"]
+
+
+def test_damaged_flickr8k_features_name_the_file(tmp_path, capsys):
+    d = _flickr8k(tmp_path, 2)
+    (d / "features.pt").write_bytes((d / "features.pt").read_bytes()[:100])
+    out = tmp_path / "out"
+    rc, err = _run(capsys, "run", "captioning", "--preset", "smoke", "--out", out,
+                   "--no-progress", "dataset=flickr8k", "--data-dir", d)
+    assert rc == 2
+    _one_error_line(err, str(d / "features.pt"), "cannot be read")
+    assert not out.exists()
