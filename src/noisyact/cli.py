@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from . import experiments
+from .experiments.base import report_settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,7 +108,7 @@ def _report(args: argparse.Namespace) -> int:
     for folder in folders:
         cfg = publish.load(folder).config
         path = experiments.write_report(experiments.get(cfg["experiment"]), folder,
-                                        cfg["settings"])
+                                        report_settings(cfg))
         if len(folders) == 1 and not (args.docs or args.readme):
             print(path.read_text())
         else:

@@ -37,9 +37,9 @@ from torch import Tensor
 __all__ = ["compiled_kernel", "fused_mode", "loop_kernel", "run_kernel", "set_fused_mode"]
 
 _MODES = ("compile", "eager", "off")
-_state: dict[str, Any] = {"mode": os.environ.get("NOISYACT_FUSED", "compile"), "compiled": {}}
-if _state["mode"] not in _MODES:
-    raise ValueError(f"NOISYACT_FUSED must be one of {_MODES}, got {_state['mode']!r}")
+# mode None: not chosen yet; the first use reads NOISYACT_FUSED (default "compile"). Read lazily
+# so that a bad value fails the run that uses the fused path, not ``import noisyact``.
+_state: dict[str, Any] = {"mode": None, "compiled": {}}
 
 #: Inductor settings for kernels that should be one loop nest: never store an intermediate (the
 #: heuristics that do so on reuse or on long expressions would add a full-size buffer and a
@@ -62,8 +62,17 @@ def set_fused_mode(mode: str) -> None:
 
 
 def fused_mode() -> str:
-    """The current mode (see :func:`set_fused_mode`)."""
-    return str(_state["mode"])
+    """The current mode (see :func:`set_fused_mode`); until one is set, that of the environment
+    variable ``NOISYACT_FUSED`` (default ``"compile"``), checked here: ``ValueError`` if it names
+    no mode."""
+    mode = _state["mode"]
+    if mode is None:
+        mode = os.environ.get("NOISYACT_FUSED", "compile")
+        if mode not in _MODES:
+            raise ValueError(f"environment variable NOISYACT_FUSED must be one of "
+                             f"{', '.join(_MODES)}, got {mode!r}")
+        _state["mode"] = mode
+    return str(mode)
 
 
 def _signature(args: Sequence[Tensor | None]) -> tuple[Any, ...]:
@@ -187,7 +196,7 @@ class _Guarded:
         self._compiled, self._kernel, self._static = compiled, kernel, static
 
     def __call__(self, *args: Tensor | None) -> Any:
-        if _state["mode"] == "compile":
+        if fused_mode() == "compile":
             try:
                 return self._compiled(*args)
             except Exception as exc:
@@ -219,7 +228,7 @@ def compiled_kernel(kernel: Callable[..., Any], args: Sequence[Tensor | None],
     (:data:`INLINE_OPTIONS`). Otherwise the kernel runs eagerly. A loop that calls one kernel
     many times with the same kinds of inputs uses :func:`loop_kernel`.
     """
-    if _state["mode"] != "compile":
+    if fused_mode() != "compile":
         return _Eager(kernel, static)
     for i, a in enumerate(args):
         if a is not None and not a.is_contiguous():

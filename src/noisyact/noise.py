@@ -37,9 +37,9 @@ __all__ = ["NOISE_SOURCES", "counter_normal", "draw_keys", "noise_block", "noise
            "normal_like", "set_noise_source", "uses_counter_noise"]
 
 NOISE_SOURCES = ("kernel", "torch")
-_state = {"source": os.environ.get("NOISYACT_NOISE", "kernel")}
-if _state["source"] not in NOISE_SOURCES:
-    raise ValueError(f"NOISYACT_NOISE must be one of {NOISE_SOURCES}, got {_state['source']!r}")
+# None: not chosen yet; the first use reads NOISYACT_NOISE (default "kernel"). Read lazily so
+# that a bad value fails the run that uses the noise, not ``import noisyact``.
+_state: dict[str, str | None] = {"source": None}
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
@@ -54,14 +54,23 @@ def set_noise_source(source: str) -> None:
 
 
 def noise_source() -> str:
-    """The current noise source (see :func:`set_noise_source`)."""
-    return _state["source"]
+    """The current noise source (see :func:`set_noise_source`); until one is set, that of the
+    environment variable ``NOISYACT_NOISE`` (default ``"kernel"``), checked here: ``ValueError``
+    if it names no source."""
+    source = _state["source"]
+    if source is None:
+        source = os.environ.get("NOISYACT_NOISE", "kernel")
+        if source not in NOISE_SOURCES:
+            raise ValueError(f"environment variable NOISYACT_NOISE must be one of "
+                             f"{', '.join(NOISE_SOURCES)}, got {source!r}")
+        _state["source"] = source
+    return source
 
 
 def uses_counter_noise(numel: int) -> bool:
     """Whether a call over ``numel`` elements per key draws counter noise: the source is
     ``"kernel"`` and the int32 counters cover it (else :func:`torch.randn` is used)."""
-    return _state["source"] == "kernel" and numel <= _INT32_MAX
+    return noise_source() == "kernel" and numel <= _INT32_MAX
 
 
 def draw_keys(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:

