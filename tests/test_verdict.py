@@ -160,3 +160,12 @@ def test_committed_pages_are_generated_from_results():
             "--readme", str(root / "README.md"), "--check"]
     assert cli.main(args) == 0, "run `noisyact report results --docs docs/results.md " \
                                 "--readme README.md` and commit"
+
+
+def test_report_names_a_damaged_metrics_line(tmp_path, capsys):
+    folder = _fake_ptb_folder(tmp_path, "ptb-paper", {"reference": [115.0], "NAN": [108.0]})
+    metrics = folder / "NAN" / "seed0" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"step": 2, "valid_pp')
+    assert cli.main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.jsonl line 2 is damaged" in err and len(err.strip().splitlines()) == 1

@@ -49,6 +49,19 @@ def read_json(path: Path) -> Any:
         raise ValueError(f"{path} is damaged ({exc}); rerun that run or delete it") from None
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``, with a one-line error naming a damaged line."""
+    records = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path} line {i} is damaged ({exc}); rerun that run or "
+                                 "delete it") from None
+    return records
+
+
 def _seed_number(path: Path) -> int:
     digits = path.name[len("seed"):]
     return int(digits) if digits.isdigit() else -1
@@ -65,8 +78,7 @@ def collect(out_dir: str | Path, rows: Sequence[str]) -> list[RowResult]:
             if final.exists():
                 rr.finals.append(read_json(final))
                 metrics = seed_dir / "metrics.jsonl"
-                rr.curves.append([json.loads(line) for line in metrics.read_text().splitlines()
-                                  if line.strip()] if metrics.exists() else [])
+                rr.curves.append(read_jsonl(metrics) if metrics.exists() else [])
                 timing = seed_dir / "timing.json"
                 if timing.exists():
                     rr.timings.append(read_json(timing))
