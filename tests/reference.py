@@ -32,6 +32,18 @@ def sigma(x, p, c, fn):
     return c * (g - 0.5) ** 2  # Eq. 9
 
 
+def softplus(r):
+    """log(1 + e^r), without overflow."""
+    return np.logaddexp(0.0, r)
+
+
+def sigma_authors(x, xi, p, c, fn):
+    """σ of NANIL in the authors' code (NTanhPInp / NSigmoidPInp of caglar/noisy_units, PAPER.md
+    §11): c * softplus(p * |h(x) - u(x)| / (|ξ| + 1e-10)), a function of the sampled ξ."""
+    h, u, _ = FUNCTIONS[fn]
+    return c * softplus(p * np.abs(h(x) - u(x)) / (np.abs(xi) + 1e-10))
+
+
 def phi(x, xi, p, *, fn, variant, alpha, c):
     """Training output for noise xi (Eq. 12, 14, 15)."""
     h, u, thr = FUNCTIONS[fn]
@@ -45,6 +57,8 @@ def phi(x, xi, p, *, fn, variant, alpha, c):
         return h(x + c * xi)
     if variant == "NANIL":
         return h(x + sigma(x, p, c, fn) * xi)
+    if variant == "NANIL-authors":
+        return h(x + sigma_authors(x, xi, p, c, fn) * xi)
     if variant == "NANIS":
         return h(x + (np.abs(x) >= thr) * c * xi)
     raise ValueError(variant)

@@ -126,7 +126,11 @@ def _layer_noise(source, T, B, units, seed):
     "mode,variant,kind,source",
     [("eager", v, k, "kernel") for v in ("NAN", "NAH", "NANIL") for k in ("LSTM", "GRU")]
     + [("eager", "NAH", "LSTM", "torch"), ("eager", "NAN", "GRU", "torch")]
-    + [("compile", "NAH", "LSTM", "kernel"), ("compile", "NANIL", "GRU", "kernel")],
+    + [("compile", "NAH", "LSTM", "kernel"), ("compile", "NANIL", "GRU", "kernel")]
+    + [("eager", "NANIL-authors", k, "kernel") for k in ("LSTM", "GRU")]
+    # noise source "torch": the compiled float64 counter noise differs from the test's eager
+    # one by float32 rounding (2.4e-7), which this variant's σξ = O(1) would show
+    + [("compile", "NANIL-authors", "LSTM", "torch")],
 )
 def test_fused_layer_equals_reference_loop(mode, variant, kind, source):
     """Forward and hand-written backward of the fused layer = autograd through the equations."""

@@ -7,14 +7,13 @@ import numbers
 
 import torch
 
-_VARIANTS = ("NAN", "NAH", "NANI", "NANIL", "NANIS")
+from .variants import get_variant
 
 
-def check_variant(variant: object) -> str:
-    """Return the canonical (upper-case) variant name or raise ``ValueError``."""
-    if isinstance(variant, str) and variant.upper() in _VARIANTS:
-        return variant.upper()
-    raise ValueError(f"variant must be one of {', '.join(_VARIANTS)}; got {variant!r}")
+def check_variant(variant: object, argument: str = "variant") -> str:
+    """Return the canonical variant name (:data:`noisyact.variants.VARIANTS`, looked up without
+    regard to case) or raise ``ValueError`` naming ``argument``."""
+    return get_variant(variant, argument).name
 
 
 def check_nonnegative(name: str, value: object) -> float:

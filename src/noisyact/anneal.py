@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from torch import nn
 
 from ._validation import check_nonnegative, check_variant
+from .variants import VARIANTS
 
 __all__ = [
     "Constant",
@@ -148,8 +149,9 @@ def noisy_modules(model: nn.Module | Iterable[nn.Module]) -> list[nn.Module]:
     return [m for m in mods if callable(getattr(m, "set_c", None))]
 
 
-#: Variants annealed by default: those whose c scales σ(x) of Eq. 9 (§6.6 anneals NAN/NANIL).
-ANNEALED_VARIANTS = ("NAN", "NAH", "NANIL")
+#: Variants annealed by default: those whose c scales a learned σ (σ(x) of Eq. 9, §6.6 anneals
+#: NAN/NANIL; and the authors' NANIL σ): NAN, NAH, NANIL, NANIL-authors.
+ANNEALED_VARIANTS = tuple(n for n, v in VARIANTS.items() if v.learned_p)
 
 
 class NoiseAnnealer:

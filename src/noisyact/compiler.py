@@ -1,8 +1,13 @@
 r"""How the fused kernels run: compiled once per kind of input, then called with little overhead.
 
-A *kernel* is a pure tensor function ``kernel(*tensors_or_None, *static)`` (no Python branch on
-tensor values). In ``"compile"`` mode it is compiled once per *signature*: the static arguments,
-which tensor arguments are absent, and each tensor's dtype, device and which of its dimensions
+A *kernel* is a pure tensor function ``kernel(*args, *static)`` (no Python branch on tensor
+values). Its ``args`` are tensors, ``None`` (absent) or tuples of them, NamedTuples included
+(e.g. :class:`noisyact.fused.UnitTensors`), so that a kernel's signature names what it reads:
+they are flattened to a list of tensors outside the compiled code and rebuilt inside the traced
+function (:func:`flatten`), and its outputs likewise. The ``static`` arguments are hashable Python
+values (numbers, bools, frozen dataclasses such as :class:`noisyact.variants.Variant`). In
+``"compile"`` mode a kernel is compiled once per *signature*: the static arguments, the structure
+of the arguments, which tensors are absent, and each tensor's dtype, device and which of its dimensions
 have size 0 or 1 (the sizes a symbolic trace specialises); every other size is symbolic, so one
 compiled kernel serves every batch, hidden and sequence size. The kernel is traced with
 :func:`torch.fx.experimental.proxy_tensor.make_fx` (symbolic sizes, duck sizing off so that sizes
@@ -34,7 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["compiled_kernel", "fused_mode", "loop_kernel", "run_kernel", "set_fused_mode"]
+__all__ = ["compiled_kernel", "flatten", "fused_mode", "loop_kernel", "run_kernel",
+           "set_fused_mode", "unflatten"]
 
 _MODES = ("compile", "eager", "off")
 # mode None: not chosen yet; the first use reads NOISYACT_FUSED (default "compile"). Read lazily
@@ -75,9 +81,59 @@ def fused_mode() -> str:
     return str(mode)
 
 
-def _signature(args: Sequence[Tensor | None]) -> tuple[Any, ...]:
+# Structured arguments. A *spec* describes a structure: ``None`` for a leaf (a tensor or None),
+# else (type, child specs) for a tuple, list or NamedTuple. Specs are hashable (part of a
+# kernel's signature). This is the small subset of torch.utils._pytree (private) kernels need.
+
+Spec = tuple[type, tuple[Any, ...]] | None
+
+
+def flatten(obj: Any, leaves: list[Tensor | None]) -> Spec:
+    """Append the leaves (tensors and None) of ``obj`` to ``leaves``; return its spec."""
+    if obj is None or isinstance(obj, Tensor):
+        leaves.append(obj)
+        return None
+    if isinstance(obj, tuple | list):
+        return (type(obj), tuple(flatten(o, leaves) for o in obj))
+    raise TypeError(f"kernel arguments must be tensors, None or tuples of them; got "
+                    f"{type(obj).__name__}")
+
+
+def unflatten(spec: Spec, leaves: Any) -> Any:
+    """The structure of ``spec`` rebuilt from an iterator over its leaves."""
+    if spec is None:
+        return next(leaves)
+    typ, children = spec
+    values = [unflatten(c, leaves) for c in children]
+    if typ is tuple or typ is list:
+        return typ(values)
+    return typ(*values)  # a NamedTuple
+
+
+def _present(args: Any, out: list[Tensor]) -> list[Tensor]:
+    """The tensors of ``args`` in flattening order, absent ones skipped (the per-call path:
+    no spec is built)."""
+    for a in args:
+        if isinstance(a, Tensor):
+            out.append(a)
+        elif a is not None:
+            _present(a, out)
+    return out
+
+
+def _map(fn: Callable[[Tensor], Tensor], obj: Any) -> Any:
+    """``obj`` with ``fn`` applied to each of its tensors (structure kept)."""
+    if obj is None:
+        return None
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    vals = [_map(fn, o) for o in obj]
+    return type(obj)(vals) if type(obj) in (tuple, list) else type(obj)(*vals)
+
+
+def _signature(leaves: Sequence[Tensor | None]) -> tuple[Any, ...]:
     return tuple(None if a is None else (a.dtype, a.device, tuple(min(d, 2) for d in a.shape))
-                 for a in args)
+                 for a in leaves)
 
 
 def _inductor_options(inline: bool) -> dict[str, Any]:
@@ -90,7 +146,7 @@ class _Standalone:
     """A kernel traced with symbolic sizes and compiled without Dynamo. Absent (None) tensor
     arguments and outputs are fixed by the signature, so the graph sees tensors only."""
 
-    def __init__(self, kernel: Callable[..., Any], args: Sequence[Tensor | None],
+    def __init__(self, kernel: Callable[..., Any], args: Sequence[Any],
                  static: tuple[Any, ...], inline: bool) -> None:
         import torch._functorch.config as functorch_config
         import torch._inductor.config as inductor_config
@@ -99,20 +155,20 @@ class _Standalone:
         from torch.fx.experimental import _config as fx_config
         from torch.fx.experimental.proxy_tensor import make_fx
 
-        n = len(args)
-        present = [i for i, a in enumerate(args) if a is not None]
-        layout: list[Any] = []  # output structure: "single", or a list with None where absent
+        leaves: list[Tensor | None] = []
+        spec = flatten(tuple(args), leaves)
+        n = len(leaves)
+        present = [i for i, a in enumerate(leaves) if a is not None]
+        layout: list[Any] = []  # output: (spec, absent leaves)
 
         def graph_fn(*tensors: Tensor) -> tuple[Tensor, ...]:  # always a tuple of tensors
             full: list[Tensor | None] = [None] * n
             for i, t in zip(present, tensors, strict=True):
                 full[i] = t
-            out = kernel(*full, *static)
-            if isinstance(out, Tensor):
-                layout.append("single")
-                return (out,)
-            layout.append([o is None for o in out])
-            return tuple(o for o in out if o is not None)
+            out = kernel(*unflatten(spec, iter(full)), *static)
+            out_leaves: list[Tensor | None] = []
+            layout.append((flatten(out, out_leaves), [o is None for o in out_leaves]))
+            return tuple(o for o in out_leaves if o is not None)
 
         graphs: list[Any] = []  # what Inductor compiled, for the direct call
 
@@ -120,7 +176,7 @@ class _Standalone:
             graphs.append(compile_fx_inner(*a, **k))
             return graphs[-1]
 
-        example = [a.detach() for a in args if a is not None]
+        example = [a.detach() for a in leaves if a is not None]
         # duck sizing off while tracing *and* compiling (the compiler fakifies the inputs again);
         # no size asserts (the arguments are contiguous by contract, checked at lookup); the AOT
         # cache off so that Inductor's own compile (itself cached) is always reached
@@ -141,22 +197,27 @@ class _Standalone:
                     if not cpp_wrapper:
                         raise
                     graphs.clear()
-        self._layout = layout[0]
+        out_spec, self._absent = layout[0]
+        self._single = out_spec is None
+        # a flat tuple of outputs (the common case) is rebuilt without unflatten
+        self._out_spec = None if out_spec is not None and out_spec[0] is tuple and all(
+            c is None for c in out_spec[1]) else out_spec
         # Inductor's compiled module, called directly: the artifact's wrappers (AOT runtime
         # wrapper, Dynamo's disable wrapper) cost 10-15 µs a call and do nothing for a pure
         # kernel outside autograd
         self._direct = getattr(graphs[0], "current_callable", None) if len(graphs) == 1 else None
 
-    def __call__(self, *args: Tensor | None) -> Any:
-        tensors = [a for a in args if a is not None]
+    def __call__(self, *args: Any) -> Any:
+        tensors = _present(args, [])
         if self._direct is not None and not torch.is_grad_enabled():
             out = self._direct(tensors)
         else:
             out = self._artifact(*tensors)
-        if self._layout == "single":
+        if self._single:
             return out[0]
         it = iter(out)
-        return tuple(None if absent else next(it) for absent in self._layout)
+        flat = tuple(None if absent else next(it) for absent in self._absent)
+        return flat if self._out_spec is None else unflatten(self._out_spec, iter(flat))
 
 
 def _clone(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -175,16 +236,16 @@ class _Dynamo:
                                  options=_inductor_options(inline) or None)
         self._static = static
 
-    def __call__(self, *args: Tensor | None) -> Any:
+    def __call__(self, *args: Any) -> Any:
         # detached: requires_grad and view bases stay out of Dynamo's guards
-        return self._fn(*[None if a is None else a.detach() for a in args], *self._static)
+        return self._fn(*_map(Tensor.detach, args), *self._static)
 
 
 class _Eager:
     def __init__(self, kernel: Callable[..., Any], static: tuple[Any, ...]) -> None:
         self._kernel, self._static = kernel, static
 
-    def __call__(self, *args: Tensor | None) -> Any:
+    def __call__(self, *args: Any) -> Any:
         return self._kernel(*args, *self._static)
 
 
@@ -195,7 +256,7 @@ class _Guarded:
                  static: tuple[Any, ...]) -> None:
         self._compiled, self._kernel, self._static = compiled, kernel, static
 
-    def __call__(self, *args: Tensor | None) -> Any:
+    def __call__(self, *args: Any) -> Any:
         if fused_mode() == "compile":
             try:
                 return self._compiled(*args)
@@ -218,10 +279,11 @@ def _has_standalone_compile() -> bool:
     return True
 
 
-def compiled_kernel(kernel: Callable[..., Any], args: Sequence[Tensor | None],
+def compiled_kernel(kernel: Callable[..., Any], args: Sequence[Any],
                     static: tuple[Any, ...] = (), inline: bool = False) -> Callable[..., Any]:
-    """A callable that runs ``kernel(*a, *static)`` for tensor arguments ``a`` with the signature
-    of ``args`` (same absent arguments, dtypes, devices, size-0/1 dimensions), all contiguous.
+    """A callable that runs ``kernel(*a, *static)`` for arguments ``a`` with the signature of
+    ``args`` (same structure, absent tensors, dtypes, devices, size-0/1 dimensions), all
+    tensors contiguous.
 
     In ``"compile"`` mode it is compiled on first request (see the module docstring) and cached;
     ``inline`` compiles the kernel as one loop nest without intermediate buffers
@@ -230,11 +292,13 @@ def compiled_kernel(kernel: Callable[..., Any], args: Sequence[Tensor | None],
     """
     if fused_mode() != "compile":
         return _Eager(kernel, static)
-    for i, a in enumerate(args):
+    leaves: list[Tensor | None] = []
+    spec = flatten(tuple(args), leaves)
+    for i, a in enumerate(leaves):
         if a is not None and not a.is_contiguous():
             raise ValueError(f"{getattr(kernel, '__name__', 'kernel')}: tensor argument {i} is "
                              "not contiguous (compiled kernels assume row-major strides)")
-    key = (kernel, static, inline, _signature(args))
+    key = (kernel, static, inline, spec, _signature(leaves))
     compiled = _state["compiled"].get(key)
     if compiled is None:
         try:
@@ -250,11 +314,11 @@ def compiled_kernel(kernel: Callable[..., Any], args: Sequence[Tensor | None],
     return compiled
 
 
-def run_kernel(kernel: Callable[..., Any], *args: Tensor | None, static: tuple[Any, ...] = (),
+def run_kernel(kernel: Callable[..., Any], *args: Any, static: tuple[Any, ...] = (),
                inline: bool = False) -> Any:
-    """Run ``kernel(*args, *static)`` once: :func:`compiled_kernel` for these arguments, made
-    contiguous."""
-    args = tuple(None if a is None else a.contiguous() for a in args)
+    """Run ``kernel(*args, *static)`` once: :func:`compiled_kernel` for these arguments, their
+    tensors made contiguous."""
+    args = _map(Tensor.contiguous, args)
     return compiled_kernel(kernel, args, static, inline)(*args)
 
 
@@ -263,7 +327,7 @@ class _FirstCall:
         self._kernel, self._static, self._inline = kernel, static, inline
         self._run: Callable[..., Any] | None = None
 
-    def __call__(self, *args: Tensor | None) -> Any:
+    def __call__(self, *args: Any) -> Any:
         if self._run is None:
             self._run = compiled_kernel(self._kernel, args, self._static, self._inline)
         return self._run(*args)
@@ -272,5 +336,6 @@ class _FirstCall:
 def loop_kernel(kernel: Callable[..., Any], static: tuple[Any, ...] = (),
                 inline: bool = False) -> Callable[..., Any]:
     """``kernel(*a, *static)`` for a loop whose calls all have the signature of the first one
-    (contiguous tensors): :func:`compiled_kernel` is looked up once, at the first call."""
+    (structure and kinds of tensors, all contiguous): :func:`compiled_kernel` is looked up once,
+    at the first call."""
     return _FirstCall(kernel, static, inline)

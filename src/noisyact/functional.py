@@ -22,7 +22,19 @@ NAH       Eq. 12, ε = |ξ|  (Algorithm 1)                 αh + (1−α)u + dσ
 NANI      Eq. 14, σ = c fixed                            h(x)
 NANIL     Eq. 14, σ = σ(x) of Eq. 9 (learned p)          h(x)
 NANIS     Eq. 15, σ = c, only where |x| >= x_t          h(x)
+NANIL-    Eq. 14, σ = c·softplus(p|∆| / (|ξ| + 1e-10))   h(x)
+authors   (the authors' code, see below)
 ========  ===========================================  ============================================
+
+The variants and their properties are defined once, in :mod:`noisyact.variants`; the tuples
+:data:`VARIANTS`, :data:`OUTPUT_NOISE_VARIANTS`, :data:`INPUT_NOISE_VARIANTS` and
+:data:`LEARNED_P_VARIANTS` here are derived from it (kept for compatibility).
+
+NANIL with σ(x) of Eq. 9 (the paper's definition, the default) injects almost no noise: σ is at
+most c/4, and about c (p∆/4)² near the threshold, so it never moves a saturated input back into
+the linear regime (0 of >50k saturated elements change at c = 0.5; p gets no gradient inside the
+recurrent layers). ``"NANIL-authors"`` is the σ of the authors' code, which depends on the sampled
+ξ and is non-zero in the linear regime as well (c·ln 2 where ∆ = 0).
 
 With α > 1 the output-noise variants are **unbounded** by design: the (1 − α)·u(x) term of Eq. 12
 keeps growing linearly past saturation, with slope −(α − 1)·u'(x) (hard-sigmoid with α = 1.1: −1.35
@@ -46,16 +58,20 @@ import torch
 from torch import Tensor
 
 from . import fused
-from ._validation import check_hyperparameters, check_variant
+from ._validation import check_hyperparameters
 from .fused import compute_dtype
 from .noise import draw_keys, normal_like, uses_counter_noise
 from .saturating import HARD_SIGMOID, HARD_TANH, SIGMOID, TANH, Saturating
+from .variants import VARIANTS as _REGISTRY
+from .variants import Variant, get_variant
 
 __all__ = [
     "HALF_NORMAL_MEAN",
     "INPUT_NOISE_VARIANTS",
+    "LEARNED_P_VARIANTS",
     "OUTPUT_NOISE_VARIANTS",
     "VARIANTS",
+    "authors_noise_scale",
     "broadcast_p",
     "default_alpha",
     "default_c",
@@ -71,11 +87,12 @@ __all__ = [
     "saturation",
 ]
 
-VARIANTS = ("NAN", "NAH", "NANI", "NANIL", "NANIS")
-OUTPUT_NOISE_VARIANTS = ("NAN", "NAH")
-INPUT_NOISE_VARIANTS = ("NANI", "NANIL", "NANIS")
-#: Variants whose noise scale is σ(x) of Eq. 9 and therefore need the learned p.
-LEARNED_P_VARIANTS = ("NAN", "NAH", "NANIL")
+#: Names of every variant (derived from :data:`noisyact.variants.VARIANTS`).
+VARIANTS = tuple(_REGISTRY)
+OUTPUT_NOISE_VARIANTS = tuple(n for n, v in _REGISTRY.items() if v.output_noise)
+INPUT_NOISE_VARIANTS = tuple(n for n, v in _REGISTRY.items() if not v.output_noise)
+#: Variants whose noise scale uses the learned p (σ(x) of Eq. 9, or the authors' NANIL σ).
+LEARNED_P_VARIANTS = tuple(n for n, v in _REGISTRY.items() if v.learned_p)
 #: E|ξ| for ξ ~ N(0, 1): the half-normal mean √(2/π) used by NAH at test time (Eq. 13).
 HALF_NORMAL_MEAN = math.sqrt(2.0 / math.pi)
 
@@ -85,9 +102,10 @@ def default_alpha(fn: Saturating) -> float:
     return {"hard_tanh": 1.15, "hard_sigmoid": 1.1}.get(fn.name, 1.0)
 
 
-def default_c(variant: str) -> float:
-    """c used when none is given: 0.05 for NANI (Table 3), 0.25 for NANIS (authors' code), else 0.5."""
-    return {"NANI": 0.05, "NANIS": 0.25}.get(check_variant(variant), 0.5)
+def default_c(variant: str | Variant) -> float:
+    """c used when none is given: 0.05 for NANI (Table 3), 0.25 for NANIS and NANIL-authors
+    (authors' code), else 0.5 (``Variant.default_c``)."""
+    return get_variant(variant).default_c
 
 
 def saturation(h_x: Tensor, u_x: Tensor) -> Tensor:
@@ -101,6 +119,14 @@ def noise_scale(delta: Tensor, p: Tensor, c: float | Tensor) -> Tensor:
     if isinstance(c, float):  # the refinement lets TorchScript type c
         return (s * s) * c
     return (s * s) * c
+
+
+def authors_noise_scale(delta: Tensor, p: Tensor, c: float | Tensor, xi: Tensor) -> Tensor:
+    """σ of NANIL in the authors' code: c·softplus(p·|∆| / (|ξ| + 1e-10)).
+
+    Not Eq. 9: it depends on the sampled ξ (for large p|∆|/|ξ|, σξ ≈ c p |∆| sign(ξ)) and is
+    c·ln 2 in the linear regime (∆ = 0), so the input is noisy everywhere."""
+    return torch.nn.functional.softplus(p * delta.abs() / (xi.abs() + 1e-10)) * c
 
 
 def noise_direction(x: Tensor, alpha: float) -> Tensor:
@@ -157,11 +183,11 @@ def output_noise_expectation(
     return out
 
 
-def _p_for(variant: str, p: Tensor | None, x: Tensor, dim: int) -> Tensor | None:
-    if variant not in LEARNED_P_VARIANTS:
+def _p_for(v: Variant, p: Tensor | None, x: Tensor, dim: int) -> Tensor | None:
+    if not v.learned_p:
         return None
     if p is None:
-        raise ValueError(f"p is required by variant {variant!r} (σ(x) of Eq. 9 uses it)")
+        raise ValueError(f"p is required by variant {v.name!r} (its σ uses it)")
     if not isinstance(p, Tensor):
         raise ValueError(f"p must be a Tensor, got {type(p).__name__}")
     return broadcast_p(p, x, dim)
@@ -187,9 +213,10 @@ def noisy_activation(
     Args:
         x: the pre-activation, any shape, floating point.
         p: learned parameter of σ(x) (Eq. 9), one value or one per feature along ``dim``.
-            Required by NAN, NAH and NANIL; ignored by NANI and NANIS.
+            Required by NAN, NAH, NANIL and NANIL-authors; ignored by NANI and NANIS.
         fn: the pair (h, u), e.g. :data:`noisyact.saturating.HARD_TANH`.
-        variant: ``"NAN"``, ``"NAH"``, ``"NANI"``, ``"NANIL"`` or ``"NANIS"``.
+        variant: ``"NAN"``, ``"NAH"``, ``"NANI"``, ``"NANIL"``, ``"NANIS"`` or
+            ``"NANIL-authors"`` (:mod:`noisyact.variants`).
         alpha: α of Eq. 12 (output-noise variants). Default: :func:`default_alpha`.
         c: noise scale: c of Eq. 9, or the fixed σ of NANI/NANIS. Default: :func:`default_c`.
         training: draw noise (``True``) or return the test-time value (``False``). Explicit on
@@ -210,27 +237,28 @@ def noisy_activation(
     Returns:
         A tensor of the shape and dtype of x.
     """
-    variant = check_variant(variant)
+    v = get_variant(variant)
     if alpha is None:
         alpha = default_alpha(fn)
     if c is None:
-        c = default_c(variant)
+        c = v.default_c
     check_hyperparameters(alpha=alpha, c=c)
     if not isinstance(x, Tensor) or not x.is_floating_point():
         got = x.dtype if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"x must be a floating-point Tensor, got {got}")
-    if variant == "NANIS" and fn.threshold is None:
-        raise ValueError(f"variant 'NANIS' (Eq. 15) needs a saturation threshold; {fn.name!r} has none")
+    if v.needs_threshold and fn.threshold is None:
+        raise ValueError(f"variant {v.name!r} (Eq. 15) needs a saturation threshold; "
+                         f"{fn.name!r} has none")
     if noise is not None and noise.shape != x.shape:
         raise ValueError(f"noise has shape {list(noise.shape)}, expected {list(x.shape)}")
     if clip_output and fn.bounds is None:
         raise ValueError(f"clip_output needs the range of h; {fn.name!r} has none "
                          "(give Saturating(..., bounds=(lo, hi)))")
-    p_b = _p_for(variant, p, x, dim)
+    p_b = _p_for(v, p, x, dim)
 
     if training and fn.affine is not None and fused.enabled_for(x, c):
         return fused.noisy_unit(
-            x, p if variant in LEARNED_P_VARIANTS else None, variant=variant, dim=dim,
+            x, p if v.learned_p else None, variant=v, dim=dim,
             affine=fn.affine, alpha=alpha, c=c, generator=generator, noise=noise,
             recompute_noise=recompute_noise, clip_output=clip_output,
         )
@@ -239,15 +267,15 @@ def noisy_activation(
     xf = x.to(cdt)
     if p_b is not None:
         p_b = p_b.to(cdt)
-    if variant in OUTPUT_NOISE_VARIANTS:
+    if v.output_noise:
         assert p_b is not None
         h_x, u_x = fn.h(xf), fn.u(xf)
         if not training:
-            out = output_noise_expectation(xf, h_x, u_x, p_b, alpha, c, variant == "NAH")
+            out = output_noise_expectation(xf, h_x, u_x, p_b, alpha, c, v.half_normal)
         else:
             xi = draw_noise(x, generator) if noise is None else noise
             eps = xi.to(cdt)
-            if variant == "NAH":
+            if v.half_normal:
                 eps = eps.abs()
             sigma = noise_scale(saturation(h_x, u_x), p_b, c)
             out = alpha * h_x + (1.0 - alpha) * u_x + noise_direction(xf, alpha) * sigma * eps
@@ -260,12 +288,15 @@ def noisy_activation(
     if not training:
         return fn.h(xf).to(x.dtype)
     xi = (draw_noise(x, generator) if noise is None else noise).to(cdt)
-    if variant == "NANI":
+    if v.sigma == "fixed":  # NANI
         shift = c * xi
-    elif variant == "NANIL":
+    elif v.sigma == "eq9":  # NANIL
         assert p_b is not None
         shift = noise_scale(saturation(fn.h(xf), fn.u(xf)), p_b, c) * xi
-    else:  # NANIS
+    elif v.sigma == "authors":  # NANIL-authors
+        assert p_b is not None
+        shift = authors_noise_scale(saturation(fn.h(xf), fn.u(xf)), p_b, c, xi) * xi
+    else:  # "saturated": NANIS
         assert fn.threshold is not None
         saturated = (xf.abs() >= fn.threshold).to(cdt)
         shift = saturated * (c * xi)

@@ -1,4 +1,4 @@
-r"""Fused path for the hard functions (NAN, NAH and the input-noise variants NANI, NANIL, NANIS).
+r"""Fused path for the hard functions (every variant of :mod:`noisyact.variants`).
 
 Written plainly, Algorithm 1 is about ten element-wise passes that each allocate a tensor and are
 saved for backward. Here the same math (Eq. 12, and its derivatives) runs as two kernels inside one
@@ -31,6 +31,14 @@ Every supported family member is ``h(x) = a + b·clamp(k x, −1, 1)``, ``u(x) =
     \frac{\partial\phi}{\partial p} &= d\,\epsilon\,\sigma_z\,\Delta, \qquad
     \sigma_z = 2c\,s\,g(z)(1 - g(z)),\ s = g(z) - 0.5,\ z = p\Delta,\ m = 1_{|kx| \le 1}.
 
+The input-noise variants compute h(k(x + σ_in ξ)) with σ_in of the variant; for a σ_in that
+depends on x and p (``"eq9"``, ``"authors"``), ∂φ/∂x = h'·(1 + ξ ∂σ_in/∂x) and
+∂φ/∂p = h'·ξ ∂σ_in/∂p.
+
+A kernel reads its variant from a :class:`UnitKind` (a static, hashable argument: each compiled
+kernel is specialised to it) and its tensors from a :class:`UnitTensors` (p, c, hp); the terms of
+Eqs. 8-12 shared by the forward and backward kernels are the named fields of :class:`Terms`.
+
 The backward kernel is ``once_differentiable``: double backward needs the reference path
 (:func:`set_fused_mode` ``("off")``).
 """
@@ -39,6 +47,8 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -46,8 +56,13 @@ from torch.autograd.function import once_differentiable
 
 from .compiler import fused_mode, run_kernel, set_fused_mode
 from .noise import draw_keys, normal_like, uses_counter_noise
+from .variants import VARIANTS, Variant, get_variant
 
 __all__ = [
+    "Terms",
+    "UnitGrad",
+    "UnitKind",
+    "UnitTensors",
     "constants",
     "enabled_for",
     "fused_mode",
@@ -56,8 +71,8 @@ __all__ = [
     "run_kernel",
     "set_fused_mode",
     "unit_backward",
-    "unit_code",
     "unit_forward",
+    "unit_kind",
 ]
 
 
@@ -74,20 +89,59 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-#: Kernel code of each variant: output noise (Eq. 12) or which input noise (Eqs. 14, 15).
-#: Codes are static (Python) arguments, so each compiled kernel is specialised to its variant.
-VARIANT_CODES = {"NAN": 0, "NAH": 0, "NANI": 1, "NANIL": 2, "NANIS": 3}
-#: Added to the code of an output-noise unit whose output is clipped to the range of h.
-CLIP_CODE = 4
+@dataclass(frozen=True)
+class UnitKind:
+    """What a kernel computes for one unit (a static argument: hashable, compiled into the
+    kernel): its variant and, for the output-noise variants, whether φ is clipped to the range
+    of h (the input-noise variants return h(·), already in its range)."""
+
+    variant: Variant
+    clip: bool = False
 
 
-def unit_code(variant: str, clip_output: bool = False) -> tuple[int, bool]:
-    """(variant code, half-normal) for the kernels. ``clip_output`` adds :data:`CLIP_CODE` for
-    the output-noise variants (the input-noise variants return h(·), already in its range)."""
-    code = VARIANT_CODES[variant]
-    if clip_output and code == 0:
-        code += CLIP_CODE
-    return code, variant == "NAH"
+#: A hard unit without noise ("hard"): NAN with c = 0 and α = 1 gives h(x) exactly.
+NOISELESS = UnitKind(VARIANTS["NAN"])
+
+
+def unit_kind(variant: str | Variant, clip_output: bool = False) -> UnitKind:
+    """The :class:`UnitKind` of a variant (``clip_output`` applies to output noise only)."""
+    v = get_variant(variant)
+    return UnitKind(v, clip_output and v.output_noise)
+
+
+class UnitTensors(NamedTuple):
+    """The tensors of one unit in a kernel: p (zeros where the variant has none), c (0-dim) and
+    hp = [α, a, b, k] of h = a + b·clamp(kx, −1, 1) (:func:`constants`)."""
+
+    p: Tensor
+    c: Tensor
+    hp: Tensor
+
+
+class Terms(NamedTuple):
+    """The terms of Eqs. 8-12 for h = a + b·clamp(kx), shared by forward and backward
+    (all in the compute dtype)."""
+
+    xf: Tensor  # x
+    alpha: Tensor
+    a: Tensor
+    b: Tensor
+    k: Tensor
+    kx: Tensor
+    t: Tensor  # clamp(kx, −1, 1)
+    delta: Tensor  # ∆ = h − u = b (t − kx), Eq. 8
+    sg: Tensor  # g(p∆), g = sigmoid
+    s: Tensor  # g(p∆) − 0.5
+    c: Tensor
+    sigma: Tensor  # σ(x) = c s², Eq. 9
+
+
+class UnitGrad(NamedTuple):
+    """φ and its element-wise derivatives for one ξ."""
+
+    value: Tensor
+    dx: Tensor
+    dp: Tensor
 
 
 def _clip_bounds(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -95,88 +149,114 @@ def _clip_bounds(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     return a - b, a + b
 
 
-def _terms(x: Tensor, p: Tensor, c: Tensor, hp: Tensor):
-    """Shared terms for h = a + b·clamp(kx); hp = [alpha, a, b, k]."""
+def _terms(x: Tensor, unit: UnitTensors) -> Terms:
     cdt = compute_dtype(x.dtype)
     xf = x.to(cdt)
+    hp = unit.hp
     alpha, a, b, k = (hp[i].to(cdt) for i in range(4))
     kx = k * xf
     t = torch.clamp(kx, -1.0, 1.0)
     delta = b * (t - kx)  # Eq. 8
-    sg = torch.sigmoid(p.to(cdt) * delta)
+    sg = torch.sigmoid(unit.p.to(cdt) * delta)
     s = sg - 0.5
-    cc = c.to(cdt)
-    return xf, alpha, a, b, k, kx, t, delta, sg, s, cc, cc * s * s  # last: σ(x), Eq. 9
+    cc = unit.c.to(cdt)
+    return Terms(xf, alpha, a, b, k, kx, t, delta, sg, s, cc, cc * s * s)
 
 
-def _output_value(xf: Tensor, alpha: Tensor, a: Tensor, b: Tensor, kx: Tensor, t: Tensor,
-                  sigma: Tensor, xif: Tensor, half: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _output_value(tm: Terms, xif: Tensor, half: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Eq. 12: (φ, d(x), ε) for output noise."""
+    alpha = tm.alpha
     sign_alpha = torch.where(1.0 - alpha >= 0, 1.0, -1.0)
-    d = torch.where(xf >= 0, -sign_alpha, sign_alpha)  # d(x), sgn(0) = 1
+    d = torch.where(tm.xf >= 0, -sign_alpha, sign_alpha)  # d(x), sgn(0) = 1
     eps = xif.abs() if half else xif
-    return alpha * (a + b * t) + (1.0 - alpha) * (a + b * kx) + d * sigma * eps, d, eps
+    value = (alpha * (tm.a + tm.b * tm.t) + (1.0 - alpha) * (tm.a + tm.b * tm.kx)
+             + d * tm.sigma * eps)
+    return value, d, eps
 
 
-def _input_kz(code: int, xf: Tensor, k: Tensor, cc: Tensor, sigma: Tensor, kx: Tensor,
-              xif: Tensor) -> Tensor:
-    """k·(x + σ_in ξ) for the input-noise variants (Eqs. 14, 15)."""
-    if code == 1:  # NANI: fixed σ = c
-        sigma_in = cc
-    elif code == 2:  # NANIL: σ(x) of Eq. 9
-        sigma_in = sigma
-    else:  # NANIS (Eq. 15): |x| >= x_t <=> |kx| >= 1
-        sigma_in = cc * (kx.abs() >= 1.0).to(kx.dtype)
-    return k * (xf + sigma_in * xif)
+def _authors_ratio(tm: Terms, p: Tensor, xif: Tensor) -> tuple[Tensor, Tensor]:
+    """(r, 1/(|ξ| + 1e-10)) with r = p|∆| / (|ξ| + 1e-10), the argument of the authors' σ."""
+    den = xif.abs() + 1e-10
+    return p * tm.delta.abs() / den, 1.0 / den
 
 
-def unit_forward(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor, code: int,
-                 half: bool) -> Tensor:
+def _input_sigma(v: Variant, tm: Terms, p: Tensor, xif: Tensor) -> Tensor:
+    """σ_in of the input-noise variants (Eqs. 14, 15 and the authors' NANIL)."""
+    if v.sigma == "fixed":  # NANI
+        return tm.c
+    if v.sigma == "eq9":  # NANIL
+        return tm.sigma
+    if v.sigma == "authors":  # c·softplus(p|∆| / (|ξ| + 1e-10)), as the reference path
+        return torch.nn.functional.softplus(p * tm.delta.abs() / (xif.abs() + 1e-10)) * tm.c
+    # "saturated", NANIS (Eq. 15): |x| >= x_t <=> |kx| >= 1
+    return tm.c * (tm.kx.abs() >= 1.0).to(tm.kx.dtype)
+
+
+def unit_forward(x: Tensor, xi: Tensor, unit: UnitTensors, kind: UnitKind) -> Tensor:
     """φ(x, ξ) in the compute dtype (the building block of every fused kernel).
 
-    Output noise (code 0, Eq. 12): φ = αh + (1 − α)u + dσε, ε = |ξ| if ``half`` else ξ. Input
-    noise: φ = h(x + σ_in ξ) with σ_in = c (NANI, 1), σ(x) (NANIL, 2), c·1[|x| >= x_t] (NANIS, 3).
-    Code 4 (:data:`CLIP_CODE`): output noise with φ clipped to the range of h.
+    Output noise (Eq. 12): φ = αh + (1 − α)u + dσε, ε = |ξ| if half-normal else ξ, clipped to
+    the range of h with ``kind.clip``. Input noise: φ = h(x + σ_in ξ), σ_in of the variant.
     """
-    xf, alpha, a, b, k, kx, t, _, _, _, cc, sigma = _terms(x, p, c, hp)
-    xif = xi.to(xf.dtype)
-    if code == CLIP_CODE:
-        lo, hi = _clip_bounds(a, b)
-        return torch.clamp(_output_value(xf, alpha, a, b, kx, t, sigma, xif, half)[0], lo, hi)
-    if code == 0:
-        return _output_value(xf, alpha, a, b, kx, t, sigma, xif, half)[0]
-    return a + b * torch.clamp(_input_kz(code, xf, k, cc, sigma, kx, xif), -1.0, 1.0)
+    tm = _terms(x, unit)
+    xif = xi.to(tm.xf.dtype)
+    v = kind.variant
+    if v.output_noise:
+        value = _output_value(tm, xif, v.half_normal)[0]
+        if kind.clip:
+            lo, hi = _clip_bounds(tm.a, tm.b)
+            value = torch.clamp(value, lo, hi)
+        return value
+    sigma_in = _input_sigma(v, tm, unit.p.to(tm.kx.dtype), xif)
+    return tm.a + tm.b * torch.clamp(tm.k * (tm.xf + sigma_in * xif), -1.0, 1.0)
 
 
-def unit_backward(x: Tensor, p: Tensor, xi: Tensor, c: Tensor, hp: Tensor, code: int,
-                  half: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _output_backward(tm: Terms, p: Tensor, xif: Tensor, kind: UnitKind) -> UnitGrad:
+    value, d, eps = _output_value(tm, xif, kind.variant.half_normal)
+    bk = tm.b * tm.k
+    inside = ((tm.kx >= -1.0) & (tm.kx <= 1.0)).to(tm.kx.dtype)
+    sigma_z = 2.0 * tm.c * tm.s * tm.sg * (1.0 - tm.sg)  # ∂σ/∂(p∆)
+    m = d * eps * sigma_z
+    dx = bk * (tm.alpha * inside + (1.0 - tm.alpha)) + m * p * bk * (inside - 1.0)
+    dp = m * tm.delta
+    if kind.clip:
+        # zero where the clip is active (as torch.clamp: passed through on the bounds)
+        lo, hi = _clip_bounds(tm.a, tm.b)
+        kept = ((value >= lo) & (value <= hi)).to(value.dtype)
+        return UnitGrad(torch.clamp(value, lo, hi), dx * kept, dp * kept)
+    return UnitGrad(value, dx, dp)
+
+
+def _input_backward(tm: Terms, p: Tensor, xif: Tensor, v: Variant) -> UnitGrad:
+    bk = tm.b * tm.k
+    kz = tm.k * (tm.xf + _input_sigma(v, tm, p, xif) * xif)
+    value = tm.a + tm.b * torch.clamp(kz, -1.0, 1.0)
+    h_z = bk * ((kz >= -1.0) & (kz <= 1.0)).to(tm.kx.dtype)
+    if v.sigma in ("fixed", "saturated"):  # σ_in has no x or p dependence (a.e.)
+        return UnitGrad(value, h_z, torch.zeros_like(value))
+    # ∂∆/∂x = bk (1[|kx| <= 1] − 1)
+    d_delta = bk * (((tm.kx >= -1.0) & (tm.kx <= 1.0)).to(tm.kx.dtype) - 1.0)
+    if v.sigma == "eq9":
+        sigma_z = 2.0 * tm.c * tm.s * tm.sg * (1.0 - tm.sg)  # ∂σ/∂(p∆)
+        dsig_x, dsig_p = sigma_z * p * d_delta, sigma_z * tm.delta
+    else:  # "authors": σ = c softplus(r), r = p|∆|/(|ξ| + 1e-10), softplus' = sigmoid
+        r, inv = _authors_ratio(tm, p, xif)
+        q = tm.c * torch.sigmoid(r) * inv
+        dsig_x, dsig_p = q * p * torch.sign(tm.delta) * d_delta, q * tm.delta.abs()
+    return UnitGrad(value, h_z * (1.0 + xif * dsig_x), h_z * xif * dsig_p)
+
+
+def unit_backward(x: Tensor, xi: Tensor, unit: UnitTensors, kind: UnitKind) -> UnitGrad:
     """(φ, ∂φ/∂x, ∂φ/∂p) element-wise for the same ξ, in the compute dtype.
 
-    With :data:`CLIP_CODE` both derivatives are zero where the clip is active (as the
-    gradient of :func:`torch.clamp`: passed through on the bounds themselves)."""
-    if code == CLIP_CODE:
-        value, dx, dp = unit_backward(x, p, xi, c, hp, 0, half)
-        lo, hi = _clip_bounds(hp[1].to(value.dtype), hp[2].to(value.dtype))
-        kept = ((value >= lo) & (value <= hi)).to(value.dtype)
-        return torch.clamp(value, lo, hi), dx * kept, dp * kept
-    xf, alpha, a, b, k, kx, t, delta, sg, s, cc, sigma = _terms(x, p, c, hp)
-    xif = xi.to(xf.dtype)
-    bk = b * k
-    inside = ((kx >= -1.0) & (kx <= 1.0)).to(kx.dtype)
-    sigma_z = 2.0 * cc * s * sg * (1.0 - sg)  # ∂σ/∂(p∆)
-    pf = p.to(kx.dtype)
-    if code == 0:
-        value, d, eps = _output_value(xf, alpha, a, b, kx, t, sigma, xif, half)
-        m = d * eps * sigma_z
-        dx = bk * (alpha * inside + (1.0 - alpha)) + m * pf * bk * (inside - 1.0)
-        return value, dx, m * delta
-    kz = _input_kz(code, xf, k, cc, sigma, kx, xif)
-    value = a + b * torch.clamp(kz, -1.0, 1.0)
-    h_z = bk * ((kz >= -1.0) & (kz <= 1.0)).to(kx.dtype)
-    if code != 2:
-        return value, h_z, torch.zeros_like(value)
-    dx = h_z * (1.0 + xif * sigma_z * pf * bk * (inside - 1.0))
-    return value, dx, h_z * xif * sigma_z * delta
+    With ``kind.clip`` both derivatives are zero where the clip is active (as the gradient of
+    :func:`torch.clamp`: passed through on the bounds themselves)."""
+    tm = _terms(x, unit)
+    xif = xi.to(tm.xf.dtype)
+    p = unit.p.to(tm.kx.dtype)
+    if kind.variant.output_noise:
+        return _output_backward(tm, p, xif, kind)
+    return _input_backward(tm, p, xif, kind.variant)
 
 
 def kernel_noise(xi: Tensor | None, key: Tensor | None,
@@ -189,17 +269,17 @@ def kernel_noise(xi: Tensor | None, key: Tensor | None,
     return normal_like(shape, key)
 
 
-def _forward_kernel(x: Tensor, p: Tensor, xi: Tensor | None, key: Tensor | None, c: Tensor,
-                    hp: Tensor, code: int, half: bool) -> Tensor:
-    return unit_forward(x, p, kernel_noise(xi, key, x.shape), c, hp, code, half).to(x.dtype)
+def _forward_kernel(x: Tensor, xi: Tensor | None, key: Tensor | None, unit: UnitTensors,
+                    kind: UnitKind) -> Tensor:
+    return unit_forward(x, kernel_noise(xi, key, x.shape), unit, kind).to(x.dtype)
 
 
-def _backward_kernel(g: Tensor, x: Tensor, p: Tensor, xi: Tensor | None, key: Tensor | None,
-                     c: Tensor, hp: Tensor, code: int, half: bool,
+def _backward_kernel(g: Tensor, x: Tensor, xi: Tensor | None, key: Tensor | None,
+                     unit: UnitTensors, kind: UnitKind,
                      want_p: bool) -> tuple[Tensor, Tensor | None]:
     """(grad_x, grad·∂φ/∂p per element or None). The sum over the non-p axes is left to the
     caller: fused into this loop nest it would be a second pass (an outer reduction)."""
-    _, dx, dp = unit_backward(x, p, kernel_noise(xi, key, x.shape), c, hp, code, half)
+    _, dx, dp = unit_backward(x, kernel_noise(xi, key, x.shape), unit, kind)
     gf = g.to(dx.dtype)
     return (gf * dx).to(x.dtype), (gf * dp if want_p else None)
 
@@ -220,18 +300,25 @@ def _default_generator(device: torch.device) -> torch.Generator:
     raise RuntimeError(f"recompute_noise needs an explicit generator on device {device}")
 
 
-class _NoisyUnit(torch.autograd.Function):
-    """ξ is either given (``xi3``), regenerated from a saved generator state (``regen``), or
-    generated inside both kernels from ``key`` (nothing but x is saved)."""
+class _Noise(NamedTuple):
+    """Where ξ comes from: given (``xi``), regenerated from a saved generator state (``regen``:
+    (state, device), with ``xi`` dropped after forward), or generated inside both kernels from
+    ``key`` (nothing but x is saved)."""
 
+    xi: Tensor | None
+    key: Tensor | None
+    regen: tuple[Tensor, torch.device] | None
+
+
+class _NoisyUnit(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x3, p3, xi3, key, c, hp, regen, code, half):  # type: ignore[override]
-        out = run_kernel(_forward_kernel, x3, p3, xi3, key, c, hp, static=(code, half),
-                         inline=True)
-        ctx.code, ctx.half = code, half
-        saved_xi = xi3 if regen is None else None
-        ctx.save_for_backward(x3, p3, saved_xi, key, c, hp)
-        ctx.regen = regen
+    def forward(ctx, x3, p3, c, hp, noise, kind):  # type: ignore[override]
+        out = run_kernel(_forward_kernel, x3, noise.xi, noise.key, UnitTensors(p3, c, hp),
+                         static=(kind,), inline=True)
+        ctx.kind = kind
+        saved_xi = noise.xi if noise.regen is None else None
+        ctx.save_for_backward(x3, p3, saved_xi, noise.key, c, hp)
+        ctx.regen = noise.regen
         return out
 
     @staticmethod
@@ -243,20 +330,19 @@ class _NoisyUnit(torch.autograd.Function):
             gen = torch.Generator(device=device)
             gen.set_state(state)
             xi3 = torch.randn(x3.shape, dtype=x3.dtype, device=x3.device, generator=gen)
-        # NANI, NANIS: σ has no p
-        want_p = ctx.needs_input_grad[1] and ctx.code in (0, 2, CLIP_CODE)
-        gx, gp = run_kernel(_backward_kernel, grad.contiguous(), x3, p3, xi3, key, c, hp,
-                            static=(ctx.code, ctx.half, want_p), inline=True)
+        want_p = ctx.needs_input_grad[1] and ctx.kind.variant.learned_p
+        gx, gp = run_kernel(_backward_kernel, grad.contiguous(), x3, xi3, key,
+                            UnitTensors(p3, c, hp), static=(ctx.kind, want_p), inline=True)
         if gp is not None:
             gp = gp.sum(dim=(0, 2), keepdim=True).to(p3.dtype)
-        return gx, gp, None, None, None, None, None, None, None
+        return gx, gp, None, None, None, None
 
 
 def noisy_unit(
     x: Tensor,
     p: Tensor | None,
     *,
-    variant: str,
+    variant: str | Variant,
     dim: int,
     affine: tuple[float, float, float],
     alpha: float,
@@ -297,5 +383,6 @@ def noisy_unit(
     )
     hp = constants(float(alpha), *affine, cdt, x.device)
     x3 = x.contiguous().view(shape3)
-    out = _NoisyUnit.apply(x3, p3, xi3, key, c_t, hp, regen, *unit_code(variant, clip_output))
+    out = _NoisyUnit.apply(x3, p3, c_t, hp, _Noise(xi3, key, regen),
+                           unit_kind(variant, clip_output))
     return out.view(x.shape)

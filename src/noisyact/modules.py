@@ -13,9 +13,10 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
 from . import functional as F
-from ._validation import check_c, check_hyperparameters, check_variant
+from ._validation import check_c, check_hyperparameters
 from .fused import compute_dtype
 from .saturating import HARD_SIGMOID, HARD_TANH, SIGMOID, TANH, Saturating
+from .variants import get_variant
 
 __all__ = [
     "HardSigmoid",
@@ -44,7 +45,15 @@ class NoisyActivation(nn.Module):
     (Eqs. 8, 9, 12), with :math:`\epsilon = \xi` (NAN) or :math:`|\xi|` (NAH) and
     :math:`d(x) = -\mathrm{sgn}(x)\,\mathrm{sgn}(1 - \alpha)`; eval gives the expectation Eq. 13.
     The input-noise variants compute :math:`h(x + \sigma\xi)` (NANI: σ = c; NANIL: σ(x) of
-    Eq. 9; NANIS: σ = c only where :math:`|x| \ge x_t`, Eq. 15) and :math:`h(x)` in eval.
+    Eq. 9; NANIS: σ = c only where :math:`|x| \ge x_t`, Eq. 15; NANIL-authors: σ =
+    c·softplus(p|∆| / (|ξ| + 1e-10)) of the authors' code) and :math:`h(x)` in eval.
+
+    .. note::
+        NANIL with σ(x) of Eq. 9 (the paper's definition) injects almost no noise: σ ≤ c/4, and
+        ≈ c (p∆/4)² near the threshold, never enough to move a saturated input back (0 of
+        >50k saturated elements change at c = 0.5), and p gets no gradient inside the recurrent
+        layers. ``"NANIL-authors"`` is the authors' σ, which depends on ξ and injects noise in
+        the linear regime too (see :mod:`noisyact.variants`).
 
     .. warning::
         With α > 1 (the defaults of the hard functions: 1.15 hard-tanh, 1.1 hard-sigmoid) NAN
@@ -57,10 +66,12 @@ class NoisyActivation(nn.Module):
 
     Args:
         fn: the pair (h, u) as a :class:`~noisyact.saturating.Saturating`.
-        variant: ``"NAN"``, ``"NAH"``, ``"NANI"``, ``"NANIL"`` or ``"NANIS"``. Default ``"NAH"``.
+        variant: ``"NAN"``, ``"NAH"``, ``"NANI"``, ``"NANIL"``, ``"NANIS"`` or
+            ``"NANIL-authors"`` (:mod:`noisyact.variants`). Default ``"NAH"``.
         alpha: α of Eq. 12. Default: the authors' code defaults (1.15 hard-tanh, 1.1
             hard-sigmoid), else 1.
-        c: noise scale (c of Eq. 9, or σ of NANI/NANIS). Default 0.5 (0.05 NANI, 0.25 NANIS).
+        c: noise scale (c of Eq. 9, or σ of NANI/NANIS). Default 0.5 (0.05 NANI, 0.25 NANIS
+            and NANIL-authors).
         num_parameters: number of learned p: 1, or the number of features along ``dim``.
         dim: feature axis for a per-feature p. Default 1 (as ``nn.PReLU``).
         inplace: accepted for drop-in use in registries (timm); ignored.
@@ -79,13 +90,15 @@ class NoisyActivation(nn.Module):
 
     Attributes:
         p: the learned parameter of Eq. 9, shape ``(num_parameters,)``, initialised U(−1, 1)
-            as in the paper; ``None`` for NANI and NANIS. Like ``nn.PReLU``'s weight, do not apply
-            weight decay to it (see :func:`noisyact.param_groups`).
+            as in the paper; ``None`` for NANI and NANIS (``Variant.learned_p``). Like
+            ``nn.PReLU``'s weight, do not apply weight decay to it (see :func:`noisyact.param_groups`).
         c: the noise scale, a 0-dim float64 buffer (saved in the state dict; change it with
             :meth:`set_c` or an annealing schedule).
     """
 
     fn: Saturating
+    _output_noise: bool  # properties of the variant (noisyact.variants), for TorchScript
+    _half_normal: bool
     __jit_ignored_attributes__: ClassVar[list[str]] = ["fn", "generator"]
 
     def __init__(
@@ -108,14 +121,17 @@ class NoisyActivation(nn.Module):
             self.fn = fn
         if not isinstance(getattr(self, "fn", None), Saturating):
             raise ValueError("fn must be a noisyact.saturating.Saturating (h, u) pair")
-        self.variant = check_variant(variant)
+        v = get_variant(variant)
+        self.variant = v.name
+        self._output_noise, self._half_normal = v.output_noise, v.half_normal
         self.alpha = float(F.default_alpha(self.fn) if alpha is None else alpha)
-        c = F.default_c(self.variant) if c is None else c
+        c = v.default_c if c is None else c
         check_hyperparameters(alpha=self.alpha, c=c)
         if not isinstance(num_parameters, int) or num_parameters < 1:
             raise ValueError(f"num_parameters must be a positive int, got {num_parameters!r}")
-        if self.variant == "NANIS" and self.fn.threshold is None:
-            raise ValueError(f"variant 'NANIS' needs a saturation threshold; {self.fn.name!r} has none")
+        if v.needs_threshold and self.fn.threshold is None:
+            raise ValueError(f"variant {v.name!r} needs a saturation threshold; "
+                             f"{self.fn.name!r} has none")
         if not isinstance(clip_output, bool):
             raise ValueError(f"clip_output must be a bool, got {clip_output!r}")
         if clip_output and self.fn.bounds is None:
@@ -128,7 +144,7 @@ class NoisyActivation(nn.Module):
         self.generator = generator
         self.recompute_noise = recompute_noise
         self.register_buffer("c", torch.tensor(float(c), dtype=torch.float64, device=device))
-        if self.variant in F.LEARNED_P_VARIANTS:
+        if v.learned_p:
             self.p: nn.Parameter | None = nn.Parameter(
                 torch.empty(num_parameters, device=device, dtype=dtype)
             )
@@ -177,7 +193,7 @@ class NoisyActivation(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"variant={self.variant}"
-        if self.variant in F.OUTPUT_NOISE_VARIANTS:
+        if self._output_noise:
             s += f", alpha={self.alpha:g}"
         s += f", c={float(self.c):.4g}"
         if self.p is not None:
@@ -220,7 +236,7 @@ class _AffineHard(NoisyActivation):
         xf = x.to(cdt)
         kx = self._k * xf
         h_x = self._a + self._b * torch.clamp(kx, -1.0, 1.0)
-        if self.variant in ("NANI", "NANIL", "NANIS"):
+        if not self._output_noise:
             return h_x.to(x.dtype)
         p = self.p
         if p is None:
@@ -228,7 +244,7 @@ class _AffineHard(NoisyActivation):
         u_x = self._a + self._b * kx
         p_b = F.broadcast_p(p, x, self.dim).to(cdt)
         out = F.output_noise_expectation(xf, h_x, u_x, p_b, self.alpha, self.c.to(cdt),
-                                         self.variant == "NAH")
+                                         self._half_normal)
         if self.clip_output:
             out = torch.clamp(out, self._a - self._b, self._a + self._b)
         return out.to(x.dtype)
