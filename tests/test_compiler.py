@@ -158,3 +158,17 @@ def test_c_plus_plus_wrapper_failure_retries_with_the_python_wrapper(compile_mod
         _check((torch.randn(3, 4), torch.randn(1, 4), None), scale=5.0)
     assert tried == [True, False]
     assert noisyact.fused_mode() == "compile"
+
+
+def test_first_build_on_a_machine_is_announced_once(tmp_path, monkeypatch, capsys):
+    from noisyact import compiler
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setitem(compiler._state, "announced", False)
+    compiler._announce_first_build()
+    compiler._announce_first_build()  # same process: silent
+    err = capsys.readouterr().err
+    assert err.count("noisyact: compiling the fused kernels") == 1 and err.count("\n") == 1
+    monkeypatch.setitem(compiler._state, "announced", False)  # a later process on this machine
+    compiler._announce_first_build()
+    assert capsys.readouterr().err == ""

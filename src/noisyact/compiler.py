@@ -271,6 +271,33 @@ def _give_up(exc: Exception) -> None:
     _state["mode"] = "eager"
 
 
+def _build_marker() -> str:
+    """A file whose presence says this machine has built the kernels once (per torch version)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "noisyact", f"built-torch-{torch.__version__}")
+
+
+def _announce_first_build() -> None:
+    """Say once, on a machine that has never built the kernels, that the first build is slow."""
+    if _state.get("announced"):
+        return
+    _state["announced"] = True
+    marker = _build_marker()
+    if os.path.exists(marker):
+        return
+    import sys
+
+    print("noisyact: compiling the fused kernels for this machine; the first use of each kind "
+          "of unit takes up to a minute, later processes reuse the on-disk cache "
+          "(noisyact.set_fused_mode('eager') skips compilation)", file=sys.stderr)
+    try:
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        with open(marker, "w") as f:
+            f.write("the fused kernels were compiled on this machine\n")
+    except OSError:
+        pass
+
+
 def _has_standalone_compile() -> bool:
     try:
         from torch._inductor import standalone_compile  # noqa: F401
@@ -301,6 +328,7 @@ def compiled_kernel(kernel: Callable[..., Any], args: Sequence[Any],
     key = (kernel, static, inline, spec, _signature(leaves))
     compiled = _state["compiled"].get(key)
     if compiled is None:
+        _announce_first_build()
         try:
             if _has_standalone_compile():
                 inner: Callable[..., Any] = _Standalone(kernel, args, static, inline)
