@@ -250,3 +250,10 @@ def test_unknown_task_is_refused(tmp_path):
 
 def test_library_lstm_is_what_build_rnn_wraps():
     assert isinstance(A.build_rnn("NAH", 2, 3), NoisyLSTM)
+
+
+def test_results_page_has_the_heading_publish_fills():
+    exp = get("ablation")
+    page = os.path.join(os.path.dirname(__file__), "..", "docs", "results.md")
+    with open(page, encoding="utf-8") as f:
+        assert f"## {exp.name} ({exp.paper_table})\n" in f.read()

@@ -500,7 +500,7 @@ def _claims() -> tuple[Claim, ...]:
 
 EXPERIMENT = Ablation(
     name="ablation",
-    paper_table="§4–§5 (Eqs. 8–15), no table",
+    paper_table="§4–§5 parts and sensitivity",  # the heading in docs/results.md
     claims=_claims(),
     description=(
         "Which part of Eq. 12 matters: rows switch off one part of the NAN/NAH units of a "
