@@ -15,6 +15,7 @@ _MODULES = {
     "associative-recall": "associative_recall",
     "translation": "translation",
     "captioning": "captioning",
+    "ablation": "ablation",
 }
 DEFAULT = "unique-count"
 

@@ -1,0 +1,526 @@
+r"""What makes noisy units work: the parts of Eq. 12 switched off one at a time, and a (c, α) grid.
+
+The paper tunes c and α per experiment and never separates the parts of its activation
+
+.. math::
+
+    \phi(x, \xi) = \alpha h(x) + (1 - \alpha) u(x) + d(x)\,\sigma(x)\,\epsilon   \quad (Eq. 12)
+
+with ∆ = h − u (Eq. 8), σ(x) = c (g(p∆) − 0.5)² with a learned p (Eq. 9), d(x) = −sgn(x) sgn(1 − α)
+(§4.2; ``noisyact.functional.noise_direction``, sgn(0) = 1) and ε = ξ (NAN) or |ξ| (NAH). Each row
+below changes one part inside a :class:`noisyact.NoisyLSTM` (gates α = 1.1, tanh units α = 1.15,
+c = 0.5 unless a grid row says otherwise):
+
+==============  ===================================================================================
+row             unit (training; eval is the expectation over ξ, Eq. 13 analogue)
+==============  ===================================================================================
+NAN, NAH        the library's units (fused path)
+hard            hard-sigmoid/hard-tanh, no noise, α = 1 (does noise matter at all?)
+p-fixed         NAN with p frozen at its U(−1, 1) init (library units, ``requires_grad=False``)
+p-one           NAN with p = 1 frozen
+sigma-const     NAN with σ(x) of Eq. 9 replaced by one σ̄ for every saturated element of the unit:
+                σ̄ = the mean of Eq. 9's σ over the unit's saturated elements of the same call
+                (detached), so the noise has NAN's mean size but no shape and no σ'(x)ξ gradient
+                (Eq. 10); p receives no gradient and stays at its init
+d-random        NAH with d(x) a random sign per element: ±|ξ| is N(0, 1), so this unit is NAN in
+                distribution; it tests the direction (and half-normal vs normal) of NAH
+d-outward       NAH with d(x) negated: the half-normal noise points away from the linear regime
+NANI, NANIL     the library's input-noise variants (Eq. 14; NANI σ = 0.05, NANIL c = 0.5)
+dropout-noise   h(x)·(1 + s ξ), eval h(x): multiplicative Gaussian-dropout noise on the hard unit,
+                with s = σ̄ as in sigma-const, so that where |h| = 1 the noise std equals NAN's
+                mean σ over the saturated elements (no α, no u term, noise also where linear)
+c{c}-a{α}       NAN with gate and unit c = c and α = α (the sensitivity grid)
+==============  ===================================================================================
+
+"Same mean size" for sigma-const and dropout-noise: at init no unit saturates (the pre-activations
+of a fresh LSTM are well inside |x| < 1), so Eq. 9's σ averaged over an initial model is 0 and a
+size fixed from the init cannot be matched. Measured in a NAN model of the quick preset, the
+mean σ over saturated elements differs by two orders of magnitude between unit kinds (gates
+~5e-4, candidates ~2e-3, cell outputs ~5e-2 after 300–1500 updates), so one fixed constant
+would not match either. σ̄ is therefore the matched mean recomputed at every call.
+
+The ablated units are plain ``nn.Module`` s (not subclasses of the library's noisy modules), so a
+layer holding one runs the reference per-step loop through its modules.
+
+Tasks: ``task=unique-count`` (§6.6a, data and model of :mod:`.unique_count`) or ``task=ptb``
+(§6.3, :mod:`.ptb`'s task and language model; its settings are the ``ptb_*`` keys). The final
+metric ``test_score`` is the test error % (unique-count) or the test perplexity (ptb).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import functional as F
+from ..rnn import NoisyLSTM
+from ..saturating import HARD_SIGMOID, HARD_TANH, Saturating
+from ..training.report import collect
+from .base import BaseTask, Claim, ClassificationTask, Experiment, batch_generator
+from .unique_count import PRESETS as UC_PRESETS
+from .unique_count import UniqueCountModel, make_batch
+
+# --- the ablated units ---------------------------------------------------------------------------
+
+DIRECTIONS = ("inward", "random", "outward")
+
+
+def matched_sigma(delta: Tensor, p: Tensor, c: float) -> Tensor:
+    """σ̄: the mean of Eq. 9's σ = c (g(p∆) − 0.5)² over the saturated elements (∆ ≠ 0), detached;
+    0 when nothing saturates."""
+    with torch.no_grad():
+        sat = delta != 0
+        if not bool(sat.any()):
+            return delta.new_zeros(())
+        sigma = F.noise_scale(delta, p, c)
+        return sigma[sat].mean()
+
+
+class AblatedOutputNoise(nn.Module):
+    """Eq. 12 with one part switched: ``sigma="eq9"|"const"`` (σ(x) of Eq. 9 or σ̄ of
+    :func:`matched_sigma` where saturated), ``direction="inward"|"random"|"outward"`` (d(x) of
+    §4.2, a random sign, or −d(x)) and ``half_normal`` (ε = |ξ| or ξ).
+
+    Training: αh + (1 − α)u + d σ ε. Eval: the expectation over ξ (Eq. 13 analogue):
+    αh + (1 − α)u + d σ E[ε], with E[ε] = √(2/π) for half-normal and E[d] = 0 for a random sign.
+    p has one value per feature along the last axis, initialised U(−1, 1) (§6).
+    """
+
+    def __init__(self, fn: Saturating, n: int, *, alpha: float, c: float, sigma: str = "eq9",
+                 direction: str = "inward", half_normal: bool = False) -> None:
+        super().__init__()
+        if sigma not in ("eq9", "const"):
+            raise ValueError(f"sigma must be 'eq9' or 'const', got {sigma!r}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        self.fn, self.alpha, self.c = fn, float(alpha), float(c)
+        self.sigma, self.direction, self.half_normal = sigma, direction, half_normal
+        self.p = nn.Parameter(torch.empty(n))
+        self.calls = 0  # forward calls (tests check that a layer really runs this unit)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """p ~ U(−1, 1) (§6)."""
+        with torch.no_grad():
+            self.p.uniform_(-1.0, 1.0)
+
+    def _sigma(self, delta: Tensor) -> Tensor:
+        if self.sigma == "eq9":
+            return F.noise_scale(delta, self.p, self.c)  # Eq. 9
+        return matched_sigma(delta, self.p, self.c) * (delta != 0).to(delta.dtype)
+
+    def _direction(self, x: Tensor, coin: Tensor | None) -> Tensor:
+        d = F.noise_direction(x, self.alpha)  # d(x) = −sgn(x) sgn(1 − α), sgn(0) = 1
+        if self.direction == "outward":
+            return -d
+        if self.direction == "random":
+            if coin is None:
+                coin = torch.randint(0, 2, x.shape, device=x.device).to(x.dtype) * 2 - 1
+            return coin
+        return d
+
+    def noisy(self, x: Tensor, xi: Tensor, coin: Tensor | None = None) -> Tensor:
+        """The training output for a given ξ (and, for ``direction="random"``, signs ``coin``)."""
+        h, u = self.fn.h(x), self.fn.u(x)
+        eps = xi.abs() if self.half_normal else xi
+        delta = F.saturation(h, u)  # Eq. 8
+        return (self.alpha * h + (1.0 - self.alpha) * u
+                + self._direction(x, coin) * self._sigma(delta) * eps)
+
+    def expectation(self, x: Tensor) -> Tensor:
+        """E_ξ of :meth:`noisy` (eval)."""
+        h, u = self.fn.h(x), self.fn.u(x)
+        out = self.alpha * h + (1.0 - self.alpha) * u
+        if self.half_normal and self.direction != "random":
+            sigma = self._sigma(F.saturation(h, u))
+            out = out + self._direction(x, None) * sigma * F.HALF_NORMAL_MEAN
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        if self.training:
+            return self.noisy(x, torch.randn_like(x))
+        return self.expectation(x)
+
+    def extra_repr(self) -> str:
+        return (f"{self.fn.name}, n={self.p.numel()}, alpha={self.alpha:g}, c={self.c:g}, "
+                f"sigma={self.sigma}, direction={self.direction}, half_normal={self.half_normal}")
+
+
+class DropoutNoise(nn.Module):
+    """A regulariser baseline: h(x)·(1 + s ξ) in training, h(x) in eval, with s = σ̄
+    (:func:`matched_sigma` of Eq. 9 with a U(−1, 1) p that receives no gradient)."""
+
+    def __init__(self, fn: Saturating, n: int, *, c: float) -> None:
+        super().__init__()
+        self.fn, self.c = fn, float(c)
+        self.p = nn.Parameter(torch.empty(n), requires_grad=False)
+        self.calls = 0
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.p.uniform_(-1.0, 1.0)
+
+    def scale(self, x: Tensor) -> Tensor:
+        """s = σ̄ over the saturated elements of x."""
+        return matched_sigma(F.saturation(self.fn.h(x), self.fn.u(x)), self.p, self.c)
+
+    def noisy(self, x: Tensor, xi: Tensor) -> Tensor:
+        return self.fn.h(x) * (1.0 + self.scale(x) * xi)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        if self.training:
+            return self.noisy(x, torch.randn_like(x))
+        return self.fn.h(x)
+
+    def extra_repr(self) -> str:
+        return f"{self.fn.name}, n={self.p.numel()}, c={self.c:g}"
+
+
+# --- rows ----------------------------------------------------------------------------------------
+
+GATE_ALPHA, UNIT_ALPHA, C = 1.1, 1.15, 0.5  # the library's defaults (authors' code)
+LIBRARY_ROWS = ("NAN", "NAH", "hard", "NANI", "NANIL")
+ABLATION_ROWS = ("NAN", "NAH", "hard", "p-fixed", "p-one", "sigma-const", "d-random",
+                 "d-outward", "NANI", "NANIL", "dropout-noise")
+GRID_C = (0.05, 0.15, 0.5, 1.0, 2.0, 5.0, 30.0)
+GRID_ALPHA = (1.0, 1.05, 1.1, 1.15, 1.3, 1.5)
+COARSE_C = (0.05, 0.5, 5.0)
+COARSE_ALPHA = (1.0, 1.15, 1.5)
+_GRID_RE = re.compile(r"^c([0-9.e+-]+)-a([0-9.e+-]+)$")
+
+
+def grid_row(c: float, alpha: float) -> str:
+    """The row name of a grid cell, e.g. ``c0.5-a1.15``."""
+    return f"c{c:g}-a{alpha:g}"
+
+
+def parse_grid_row(row: str) -> tuple[float, float] | None:
+    """(c, α) of a grid row, None for any other row."""
+    m = _GRID_RE.match(row)
+    return None if m is None else (float(m.group(1)), float(m.group(2)))
+
+
+GRID_ROWS = tuple(grid_row(c, a) for c in GRID_C for a in GRID_ALPHA)
+COARSE_ROWS = tuple(grid_row(c, a) for c in COARSE_C for a in COARSE_ALPHA)
+ROWS = ABLATION_ROWS + GRID_ROWS
+
+
+def _units(row: str, H: int) -> dict[str, nn.Module] | None:
+    """The ablated units (gate, cand, cell) of a row, or None when the row keeps the library's."""
+    gate, unit = (HARD_SIGMOID, 3 * H, GATE_ALPHA), (HARD_TANH, H, UNIT_ALPHA)
+    names = ("gate", "cand", "cell")
+    specs = (gate, unit, unit)
+    if row == "dropout-noise":
+        return {n: DropoutNoise(fn, k, c=C) for n, (fn, k, _) in zip(names, specs, strict=True)}
+    opts = {"sigma-const": {"sigma": "const"},
+            "d-random": {"direction": "random", "half_normal": True},
+            "d-outward": {"direction": "outward", "half_normal": True}}.get(row)
+    if opts is None:
+        return None
+    return {n: AblatedOutputNoise(fn, k, alpha=a, c=C, **opts)
+            for n, (fn, k, a) in zip(names, specs, strict=True)}
+
+
+def build_rnn(row: str, input_size: int, hidden: int, *, num_layers: int = 1,
+              dropout: float = 0.0, batch_first: bool = False) -> NoisyLSTM:
+    """A :class:`noisyact.NoisyLSTM` whose units are those of ``row`` (see the module docstring).
+
+    Library rows keep the library's units (and its fused path); the ablated rows replace
+    ``noise_l{k}.gate`` (all gates side by side, p of shape (3H,)), ``.cand`` and ``.cell`` of
+    every layer by the modules above, which makes the layer run its per-step reference loop.
+    """
+    kw: dict[str, Any] = {"num_layers": num_layers, "dropout": dropout, "batch_first": batch_first}
+    grid = parse_grid_row(row)
+    if grid is not None:
+        c, a = grid
+        return NoisyLSTM(input_size, hidden, variant="NAN", gate_alpha=a, unit_alpha=a,
+                         gate_c=c, unit_c=c, **kw)
+    if row in ("NANI", "NANIL", "hard"):
+        return NoisyLSTM(input_size, hidden, variant=row, **kw)  # library default c
+    if row not in ROWS:
+        raise ValueError(f"unknown row {row!r}")
+    variant = "NAH" if row == "NAH" else "NAN"
+    rnn = NoisyLSTM(input_size, hidden, variant=variant, gate_alpha=GATE_ALPHA,
+                    unit_alpha=UNIT_ALPHA, gate_c=C, unit_c=C, **kw)
+    for layer in range(num_layers):
+        acts = getattr(rnn, f"noise_l{layer}")
+        if row in ("p-fixed", "p-one"):
+            for name in ("gate", "cand", "cell"):
+                p = getattr(acts, name).p
+                if row == "p-one":
+                    with torch.no_grad():
+                        p.fill_(1.0)
+                p.requires_grad_(False)
+        units = _units(row, hidden)
+        if units is not None:
+            for name, module in units.items():
+                setattr(acts, name, module)
+    return rnn
+
+
+# --- tasks ---------------------------------------------------------------------------------------
+
+PLATEAU_ERROR = 50.0  # % validation error; predicting the majority class (10) gives 55.7 %
+
+
+def plateau_update(history: list[dict[str, Any]], threshold: float = PLATEAU_ERROR) -> int | None:
+    """The first update whose validation error is below ``threshold`` %, None if none is."""
+    for rec in history:
+        v = rec.get("valid_error")
+        if v is not None and v < threshold:
+            return int(rec["step"])
+    return None
+
+
+class UniqueCountAblationTask(ClassificationTask):
+    """§6.6a's task (:mod:`.unique_count`'s data and model) with the row's LSTM units."""
+
+    def __init__(self, row: str, cfg: dict[str, Any], seed: int) -> None:
+        self.row, self.cfg, self.seed = row, cfg, seed
+        self.eval_sets = {  # the same fixed sets as the unique-count experiment
+            split: make_batch(cfg[f"{split}_size"], cfg["length"], cfg["vocab"],
+                              torch.Generator().manual_seed(10_000 + i))
+            for i, split in enumerate(("valid", "test"))
+        }
+
+    def build_model(self) -> nn.Module:
+        c = self.cfg
+        rnn = build_rnn(self.row, c["vocab"], c["hidden"], batch_first=True)
+        return UniqueCountModel(c["vocab"], c["hidden"], c["mlp"], rnn)
+
+    def batch(self, step: int, rank: int, world_size: int) -> tuple[Tensor, Tensor]:
+        gen = batch_generator(self.seed, step, rank)
+        return make_batch(self.cfg["batch_size"], self.cfg["length"], self.cfg["vocab"], gen)
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        metrics = super().evaluate(model, split)
+        return {**metrics, "score": metrics["error"]}
+
+    def summarize(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        """Updates to leave the plateau (first validation error < 50 %) and whether it did."""
+        step = plateau_update(history)
+        return {"plateau_update": step, "left_plateau": 0.0 if step is None else 1.0}
+
+
+def ptb_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The PTB task's settings: the ``ptb_*`` keys without their prefix, and the rows."""
+    out = {k[len("ptb_"):]: v for k, v in cfg.items() if k.startswith("ptb_")}
+    out["rows"] = list(cfg.get("rows") or [])
+    return out
+
+
+def _ptb_task(row: str, cfg: dict[str, Any], seed: int) -> BaseTask:
+    from .ptb import LanguageModel, PTBTask
+
+    class PTBAblationTask(PTBTask):
+        """§6.3's task and language model (:mod:`.ptb`) with the row's LSTM units."""
+
+        def build_model(self) -> nn.Module:
+            c = self.cfg
+            model = LanguageModel(len(self.vocab), c, "hard")
+            drop = c["dropout"] if c["layers"] > 1 else 0.0
+            model.rnn = build_rnn(self.row, c["emb"], c["hidden"], num_layers=c["layers"],
+                                  dropout=drop)
+            with torch.no_grad():  # Zaremba's U(±init) as in LanguageModel; p keep U(±1)
+                for name, w in model.rnn.named_parameters():
+                    if not name.endswith(".p"):
+                        w.uniform_(-c["init"], c["init"])
+            return model
+
+        def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+            metrics = super().evaluate(model, split)
+            return {**metrics, "score": metrics["ppl"]}
+
+    return PTBAblationTask(row, ptb_settings(cfg), seed)
+
+
+TASKS = ("unique-count", "ptb")
+
+
+def make_ablation_task(row: str, cfg: dict[str, Any], seed: int) -> BaseTask:
+    """The task of ``cfg["task"]`` for one (row, seed)."""
+    if cfg["task"] not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {cfg['task']!r}")
+    if row not in ROWS:
+        raise ValueError(f"unknown row {row!r}")
+    if cfg["task"] == "ptb":
+        return _ptb_task(row, cfg, seed)
+    return UniqueCountAblationTask(row, cfg, seed)
+
+
+# --- presets -------------------------------------------------------------------------------------
+
+def _ptb_keys(size: str) -> dict[str, Any]:
+    from .ptb import PRESETS as PTB_PRESETS
+
+    keep = {k: v for k, v in PTB_PRESETS[size].items() if k not in ("rows", "seeds")}
+    return {f"ptb_{k}": v for k, v in keep.items()}
+
+
+_UC = {k: v for k, v in UC_PRESETS["quick"].items()
+       if k not in ("rows", "c0", "c_floor", "c_fixed", "curriculum_min", "curriculum_frac",
+                    "anneal_every")}
+_SMOKE = {**_UC, "hidden": 8, "mlp": 8, "steps": 20, "eval_every": 10, "ckpt_every": 10,
+          "valid_size": 200, "test_size": 200}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # seconds: every ablation row and two grid cells (so that the figures are drawn)
+    "smoke": {"task": "unique-count", **_SMOKE, **_ptb_keys("smoke"), "seeds": 1,
+              "rows": [*ABLATION_ROWS, grid_row(0.5, 1.15), grid_row(5.0, 1.0)]},
+    # the ablation rows at the unique-count quick budget (3000 updates), 3 seeds
+    "quick": {"task": "unique-count", **_UC, **_ptb_keys("quick"), "seeds": 3,
+              "rows": list(ABLATION_ROWS)},
+    # the sensitivity grid: 7 c × 6 α × 3 seeds of NAN at the quick budget
+    "grid": {"task": "unique-count", **_UC, **_ptb_keys("quick"), "seeds": 3,
+             "rows": list(GRID_ROWS)},
+    # a 3 × 3 grid (for task=ptb, or a first look)
+    "grid-coarse": {"task": "unique-count", **_UC, **_ptb_keys("quick"), "seeds": 3,
+                    "rows": list(COARSE_ROWS)},
+}
+
+
+# --- experiment ----------------------------------------------------------------------------------
+
+class Ablation(Experiment):
+    """Dispatches the loop settings on ``task`` and draws the grid's figures."""
+
+    def make_task(self, row: str, cfg: dict[str, Any], seed: int) -> Any:
+        return make_ablation_task(row, cfg, seed)
+
+    def train_config(self, cfg: dict[str, Any], seed: int):  # type: ignore[no-untyped-def]
+        if cfg.get("task") == "ptb":  # steps come from the data, as in the ptb experiment
+            from .ptb import EXPERIMENT as PTB_EXPERIMENT
+
+            return PTB_EXPERIMENT.train_config(ptb_settings(cfg), seed)
+        return super().train_config(cfg, seed)
+
+    def figures(self, out_dir: Path, cfg: dict[str, Any]) -> list[str]:
+        return grid_figures(out_dir, list(cfg.get("rows") or []), cfg.get("task", "unique-count"))
+
+
+def _cells(out_dir: Path, rows: list[str]) -> dict[tuple[float, float], dict[str, list[float]]]:
+    grid = [r for r in rows if parse_grid_row(r) is not None]
+    cells = {}
+    for rr in collect(out_dir, grid):
+        key = parse_grid_row(rr.row)
+        assert key is not None
+        cells[key] = {"score": rr.values("test_score"), "left": rr.values("left_plateau")}
+    return cells
+
+
+def grid_figures(out_dir: Path, rows: list[str], task: str) -> list[str]:
+    """Heat maps (mean test score; fraction of seeds that left the plateau) over (c, α) and one
+    line plot per axis, with the paper's values (c = 0.5; α = 1.1 gates, 1.15 units) marked."""
+    cells = _cells(Path(out_dir), rows)
+    if not any(v["score"] for v in cells.values()):
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cs = sorted({c for c, _ in cells})
+    alphas = sorted({a for _, a in cells})
+    label = "test error %" if task == "unique-count" else "test perplexity"
+    lines = []
+
+    def mean(v: list[float]) -> float:
+        return statistics.fmean(v) if v else math.nan
+
+    maps = [("score", f"mean {label}", "grid_score.png")]
+    if task == "unique-count":
+        maps.append(("left", "fraction of seeds that left the plateau", "grid_plateau.png"))
+    for key, title, name in maps:
+        z = [[mean(cells.get((c, a), {}).get(key, [])) for c in cs] for a in alphas]
+        fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(cs), 1.0 + 0.6 * len(alphas)))
+        im = ax.imshow(z, origin="lower", aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(cs)), [f"{c:g}" for c in cs])
+        ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+        ax.set_xlabel("c (Eq. 9)")
+        ax.set_ylabel("α (Eq. 12), gates and units")
+        for i, row in enumerate(z):
+            for j, v in enumerate(row):
+                if not math.isnan(v):
+                    ax.text(j, i, f"{v:.2g}", ha="center", va="center", color="w", fontsize=7)
+                paper = cs[j] == 0.5 and alphas[i] in (1.1, 1.15)
+                if paper:
+                    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False,
+                                               edgecolor="red", linewidth=2))
+        fig.colorbar(im, ax=ax)
+        ax.set_title(f"{title} (red: the paper's c = 0.5, α = 1.1 / 1.15)", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(Path(out_dir) / name, dpi=110)
+        plt.close(fig)
+        lines.append(f"![{title}]({name})")
+
+    for axis, xs, others, name in (("c", cs, alphas, "grid_c.png"),
+                                   ("α", alphas, cs, "grid_alpha.png")):
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for o in others:
+            key = (lambda x, o=o: (x, o)) if axis == "c" else (lambda x, o=o: (o, x))
+            vals = [cells.get(key(x), {}).get("score", []) for x in xs]
+            m = [mean(v) for v in vals]
+            s = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in vals]
+            other = "α" if axis == "c" else "c"
+            ax.errorbar(xs, m, yerr=s, marker="o", capsize=2, label=f"{other} = {o:g}")
+        for v in ((0.5,) if axis == "c" else (1.1, 1.15)):
+            ax.axvline(v, color="red", linestyle="--", linewidth=1)
+        if axis == "c":
+            ax.set_xscale("log")
+        ax.set_xlabel(f"{axis} (red: the paper's value)")
+        ax.set_ylabel(f"{label} (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(Path(out_dir) / name, dpi=110)
+        plt.close(fig)
+        lines.append(f"![{label} against {axis}]({name})")
+    return lines
+
+
+def _claims() -> tuple[Claim, ...]:
+    m, lab = "test_score", "test error % (unique-count) or ppl (ptb)"
+    return (Claim("NAN", "p-fixed", m, lab), Claim("NAN", "p-one", m, lab),
+            Claim("NAN", "sigma-const", m, lab), Claim("NAH", "d-random", m, lab),
+            Claim("NAH", "d-outward", m, lab), Claim("NAN", "dropout-noise", m, lab),
+            Claim("NAN", "NANIL", m, lab), Claim("NAN", "NANI", m, lab),
+            Claim("NAN", "hard", m, lab),
+            Claim("NAN", "hard", "plateau_update", "updates to leave the plateau",
+                  missing_as="steps"))
+
+
+EXPERIMENT = Ablation(
+    name="ablation",
+    paper_table="§4–§5 parts and sensitivity",  # the heading in docs/results.md
+    claims=_claims(),
+    description=(
+        "Which part of Eq. 12 matters: rows switch off one part of the NAN/NAH units of a "
+        "NoisyLSTM at a time (learned p, the shape of σ(x), the direction d(x), half-normal vs "
+        "normal, input noise, plain multiplicative noise); grid rows c{c}-a{α} vary c and α of "
+        "NAN. Each claim reads 'the part matters' (the full unit beats the ablated one). "
+        "test score = test error % (unique-count) or test perplexity (ptb), mean ± std over "
+        "seeds."
+    ),
+    presets=PRESETS,
+    rows=ROWS,
+    columns=[("test_score", "test score"),
+             ("plateau_update", "updates to leave the plateau (seeds that left)"),
+             ("left_plateau", "fraction of seeds that left the plateau")],
+    curve=("valid_score", "validation error % or perplexity"),
+    notes=(
+        "Plateau: the first evaluation (every eval_every updates) with validation error < 50 % "
+        "(always predicting 10 distinct values gives 55.7 %). d-random is NAN in distribution "
+        "(±|ξ| is N(0, 1)), so NAH < d-random is the same question as NAH < NAN. At α = 1 "
+        "d(x) = −sgn(x)·sgn(0) = −sgn(x) with the library's sgn(0) = 1: the noise of NAH points "
+        "inward (with sgn(0) = 0, as in Theano, it would vanish)."
+    ),
+)
