@@ -49,3 +49,15 @@ def check_hyperparameters(*, alpha: object, c: object) -> None:
             raise ValueError(f"c must be a single number, got a tensor of shape {list(c.shape)}")
         return
     check_c(c)
+
+
+def env_choice(variable: str, choices: tuple[str, ...], default: str) -> str:
+    """The value of environment variable ``variable`` (``default`` when unset), which must be
+    one of ``choices`` (``ValueError`` naming the variable otherwise)."""
+    import os
+
+    value = os.environ.get(variable, default)
+    if value not in choices:
+        raise ValueError(f"environment variable {variable} must be one of {', '.join(choices)}, "
+                         f"got {value!r}")
+    return value

@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._validation import env_choice
+
 __all__ = ["compiled_kernel", "flatten", "fused_mode", "loop_kernel", "run_kernel",
            "set_fused_mode", "unflatten"]
 
@@ -71,14 +73,9 @@ def fused_mode() -> str:
     """The current mode (see :func:`set_fused_mode`); until one is set, that of the environment
     variable ``NOISYACT_FUSED`` (default ``"compile"``), checked here: ``ValueError`` if it names
     no mode."""
-    mode = _state["mode"]
-    if mode is None:
-        mode = os.environ.get("NOISYACT_FUSED", "compile")
-        if mode not in _MODES:
-            raise ValueError(f"environment variable NOISYACT_FUSED must be one of "
-                             f"{', '.join(_MODES)}, got {mode!r}")
-        _state["mode"] = mode
-    return str(mode)
+    if _state["mode"] is None:
+        _state["mode"] = env_choice("NOISYACT_FUSED", _MODES, "compile")
+    return str(_state["mode"])
 
 
 # Structured arguments. A *spec* describes a structure: ``None`` for a leaf (a tensor or None),

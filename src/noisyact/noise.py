@@ -28,10 +28,11 @@ the reference path's. ``set_noise_source("torch")`` makes the fused path draw wi
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from torch import Tensor
+
+from ._validation import env_choice
 
 __all__ = ["NOISE_SOURCES", "counter_normal", "draw_keys", "noise_block", "noise_source",
            "normal_like", "set_noise_source", "uses_counter_noise"]
@@ -57,14 +58,9 @@ def noise_source() -> str:
     """The current noise source (see :func:`set_noise_source`); until one is set, that of the
     environment variable ``NOISYACT_NOISE`` (default ``"kernel"``), checked here: ``ValueError``
     if it names no source."""
-    source = _state["source"]
-    if source is None:
-        source = os.environ.get("NOISYACT_NOISE", "kernel")
-        if source not in NOISE_SOURCES:
-            raise ValueError(f"environment variable NOISYACT_NOISE must be one of "
-                             f"{', '.join(NOISE_SOURCES)}, got {source!r}")
-        _state["source"] = source
-    return source
+    if _state["source"] is None:
+        _state["source"] = env_choice("NOISYACT_NOISE", NOISE_SOURCES, "kernel")
+    return str(_state["source"])
 
 
 def uses_counter_noise(numel: int) -> bool:
