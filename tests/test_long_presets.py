@@ -81,3 +81,21 @@ def test_unique_count_long_preset():
     task = unique_count.UniqueCountTask("NAN-annealed", cfg, 0)
     schedule = task.annealer(task.build_model()).schedule
     assert schedule(cfg["steps"]) == 0.5 and schedule(floor_at - 1) > 0.5
+
+
+# --- associative recall: c goes 30 → 0.5 within the budget ---------------------------------------
+
+@pytest.mark.parametrize("preset", ["quick", "long"])
+def test_recall_annealing_reaches_its_floor_within_the_budget(preset):
+    from noisyact.experiments import associative_recall as ar
+
+    cfg = ar.PRESETS[preset]
+    check_settings(cfg)
+    floor_at = _first_at_floor(cfg["anneal_every"], cfg["c_floor"], cfg["c0"])
+    assert floor_at <= cfg["steps"], (preset, floor_at)
+    if preset == "long":  # in the last third, not earlier
+        assert floor_at >= 2 * cfg["steps"] / 3
+        assert (cfg["min_items"], cfg["max_items"]) == (2, 6)
+        assert cfg["steps"] >= 10_000 and cfg["seeds"] >= 3
+        task = ar.RecallTask("regular", {**cfg, "valid_size": 2}, 0)
+        assert task.upper_bound(0) == 4 and task.upper_bound(cfg["steps"] // 2) == 6
