@@ -99,3 +99,18 @@ def test_recall_annealing_reaches_its_floor_within_the_budget(preset):
         assert cfg["steps"] >= 10_000 and cfg["seeds"] >= 3
         task = ar.RecallTask("regular", {**cfg, "valid_size": 2}, 0)
         assert task.upper_bound(0) == 4 and task.upper_bound(cfg["steps"] // 2) == 6
+
+
+# --- learning to execute: the level reached ------------------------------------------------------
+
+def test_lte_long_preset_and_level_reached():
+    from noisyact.experiments import learning_to_execute as lte
+
+    cfg = lte.PRESETS["long"]
+    check_settings(cfg)
+    assert cfg["steps"] >= 10 * lte.PRESETS["quick"]["steps"] and cfg["seeds"] >= 3
+    task = lte.ExecuteTask("reference", {**lte.PRESETS["smoke"], "target_length": 3,
+                                         "target_nesting": 2}, 0)
+    assert task.level == (1, 1) and task.summarize([])["final_level"] == 0
+    task.level = (2, 2)  # (1,1) (2,1) (3,1) (1,2) (2,2): the fifth level
+    assert task.summarize([])["final_level"] == 4
