@@ -3,13 +3,25 @@ the claims on it, and early stopping (best-validation checkpoint) in translation
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
 import pytest
+import torch
+from torch import nn
 
 from noisyact import experiments
 from noisyact.anneal import InverseSqrt
-from noisyact.experiments import unique_count
+from noisyact.experiments import seq2seq, unique_count
 from noisyact.experiments.base import check_settings
 from noisyact.training.verdict import HOLDS, judge
+
+MT_FIXTURE = Path(__file__).parent / "data" / "multi30k"
+
+
+def json_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _first_at_floor(every: float, floor: float = 0.5, c0: float = 30.0) -> int:
@@ -114,3 +126,82 @@ def test_lte_long_preset_and_level_reached():
     assert task.level == (1, 1) and task.summarize([])["final_level"] == 0
     task.level = (2, 2)  # (1,1) (2,1) (3,1) (1,2) (2,2): the fifth level
     assert task.summarize([])["final_level"] == 4
+
+
+# --- translation / captioning: early stopping on the validation NLL ------------------------------
+
+class _Toy(seq2seq.EarlyStopping):
+    """A task whose 'NLL' is the weight itself: the best checkpoint is the smallest weight."""
+
+    def __init__(self, steps: int) -> None:
+        self.cfg = {"steps": steps}
+
+    def evaluate(self, model, split):
+        w = float(model.weight.detach().sum())
+        return {"nll": w, "score": 100.0 - w}
+
+
+def test_early_stopping_keeps_the_best_state_and_tests_it_at_the_end():
+    model = nn.Linear(1, 1, bias=False)
+    task = _Toy(steps=4)
+    for step, w in ((1, 3.0), (2, 1.0), (3, 2.0), (4, 5.0)):
+        with torch.no_grad():
+            model.weight.fill_(w)
+        task.on_evaluate(model, step, task.evaluate(model, "valid"))
+    assert task.best_step == 2 and task.best_valid_nll == 1.0
+    assert task.best_state["weight"].item() == 1.0  # a copy: later updates did not change it
+    assert model.weight.item() == 5.0  # the live model is restored after testing the best
+    assert task.summarize([]) == {"best_valid_nll": 1.0, "best_step": 2,
+                                  "best_test_nll": 1.0, "best_test_score": 99.0}
+    again = _Toy(steps=4)
+    again.load_state_dict(task.state_dict())
+    assert again.summarize([]) == task.summarize([])
+    nan = _Toy(steps=9)
+    nan.on_evaluate(model, 1, {"nll": math.nan})
+    assert nan.summarize([]) == {"best_valid_nll": None, "best_step": None}
+
+
+def test_translation_resume_keeps_the_best_checkpoint(tmp_path):
+    from noisyact.experiments import translation as mt
+    from noisyact.training import load_checkpoint, train
+
+    exp = experiments.get("translation")
+    cfg = {**mt.PRESETS["smoke"], "data_dir": str(MT_FIXTURE), "eval_size": 6, "eval_every": 2,
+           "ckpt_every": 4, "steps": 8, "valid_bleu_size": 6, "max_out": 8}
+    tc = exp.train_config(cfg, seed=0)
+    full = train(exp.make_task("NAH", cfg, 0), tc, tmp_path / "full", progress=False)
+    assert train(exp.make_task("NAH", cfg, 0), tc, tmp_path / "resumed", progress=False,
+                 stop_at=5) == {"stopped_at": 5}
+    saved = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["task"]
+    assert saved["best_step"] in (2, 4) and saved["best_state"] is not None
+    resumed = train(exp.make_task("NAH", cfg, 0), tc, tmp_path / "resumed", progress=False,
+                    resume=True)
+    timing = "train_tokens_per_s"  # measured, not a result
+    assert {k: v for k, v in resumed.items() if k != timing} == {
+        k: v for k, v in full.items() if k != timing}
+    valid = [r["valid_nll"] for r in json_lines(tmp_path / "full" / "metrics.jsonl")
+             if "valid_nll" in r]
+    assert full["best_valid_nll"] == min(valid)
+    for key in ("best_step", "best_test_bleu", "best_test_bleu_beam", "best_test_nll",
+                "test_bleu_beam"):
+        assert full[key] is not None, key
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["task"]["best_state"]
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["task"]["best_state"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_captioning_final_has_the_early_stopped_scores(tmp_path):
+    from noisyact.experiments import captioning as cap
+    from noisyact.training import train
+
+    exp = experiments.get("captioning")
+    cfg = {**cap.PRESETS["smoke"], "eval_every": 2}
+    final = train(exp.make_task("NANIL", cfg, 0), exp.train_config(cfg, 0), tmp_path,
+                  progress=False)
+    assert final["best_step"] in range(2, cfg["steps"] + 1, 2)
+    assert all(final[f"best_test_bleu{n}"] is not None for n in range(1, 5))
+    assert final["best_test_nll"] is not None and final["best_valid_nll"] is not None
+    names = {c.metric for c in exp.claims}
+    assert names == {"best_test_bleu4", "best_test_nll"}
+    assert {c.metric for c in experiments.get("translation").claims} == {
+        "best_test_bleu_beam", "best_valid_nll"}
