@@ -205,3 +205,39 @@ def test_captioning_final_has_the_early_stopped_scores(tmp_path):
     assert names == {"best_test_bleu4", "best_test_nll"}
     assert {c.metric for c in experiments.get("translation").claims} == {
         "best_test_bleu_beam", "best_valid_nll"}
+
+
+# --- initialisation as §6.4-6.5 and TASKS.md §4 ---------------------------------------------------
+
+def _is_scaled_orthogonal(w: torch.Tensor, scale: float) -> bool:
+    return torch.allclose(w @ w.t(), scale**2 * torch.eye(w.shape[0], dtype=w.dtype), atol=1e-9)
+
+
+@pytest.mark.parametrize("row", ["reference", "NAH"])
+def test_nmt_rec2_context_to_gates_is_a_scaled_orthogonal_matrix(row):
+    from noisyact.experiments import translation as mt
+
+    cfg = {**mt.PRESETS["smoke"], "dim": 6, "dim_word": 4}
+    D = cfg["dim"]
+    torch.manual_seed(0)
+    w = mt.NMT(30, 30, cfg, seq2seq.row_kind(row)).rec2.weight_ih.detach().double()
+    assert w.shape == (3 * D, 2 * D)
+    assert _is_scaled_orthogonal(w[: 2 * D], cfg["ortho_scale"])  # W_c: one 2D × 2D matrix
+    assert not _is_scaled_orthogonal(w[2 * D:], cfg["ortho_scale"])  # W'_c: init_std·N
+    torch.manual_seed(0)
+    off = mt.NMT(30, 30, {**cfg, "rec2_ortho": False}, seq2seq.row_kind(row))
+    assert not _is_scaled_orthogonal(off.rec2.weight_ih.detach().double()[: 2 * D],
+                                     cfg["ortho_scale"])
+
+
+@pytest.mark.parametrize("row", ["reference", "NAH"])
+def test_captioner_recurrent_matrix_is_orthogonal_times_0_01(row):
+    from noisyact.experiments import captioning as cap
+
+    cfg = cap.PRESETS["smoke"]
+    assert all(p["ortho_scale"] == 0.01 for p in cap.PRESETS.values())
+    model = cap.ShowAttendTell(20, 8, cfg, seq2seq.row_kind(row), None, 0.0)
+    w = model.cell.weight_hh.detach().double()
+    H = cfg["dim"]
+    for k in range(4):  # i, f, o/g blocks: each orthogonal × 0.01
+        assert _is_scaled_orthogonal(w[k * H: (k + 1) * H], 0.01)

@@ -21,6 +21,13 @@ Data:
   ``{"names": [image file names], "features": (n, L, D) tensor}``, e.g. VGG-19 conv5_4 (14 × 14
   × 512) made by :func:`extract_features` from the images and locally held torchvision weights.
 
+Initialisation (§6.5: "the same 0.01 scaling of the orthogonal weight init"): the recurrent U
+orthogonal × ``ortho_scale`` (0.01; every row), the rest ``init_std``·N, biases 0. The model is
+Xu et al.'s full soft-attention model (selector, E y and ẑ in the deep output, dropout 0.5 for
+the reference), as in arctic's COCO script; arctic's ``train()`` defaults turn those off (see the
+paper preset). Early stopping: the checkpoint with the best validation NLL is tested too
+(``best_test_*``; arctic keeps the best validation NLL model, the paper says it stopped on BLEU).
+
 Metrics: test NLL per caption, BLEU-1…4 (sacrebleu, cumulative, 5 references, lower-cased
 tokens) of the greedy (or beam, ``beam`` > 1) caption. METEOR is not computed: it needs Java and
 its paraphrase tables, which this package cannot ship or download.
@@ -44,7 +51,8 @@ ROW_C = {"NANI": 0.05, "NANIL": 0.5}  # Table 3's caption; NAH keeps the library
 
 _COMMON = {"dataset": "synthetic", "data_dir": "", "image_size": 32, "max_objects": 2,
            "n_train": 6000, "n_valid": 1000, "n_test": 1000, "vocab": 10000, "dim_word": 64,
-           "dim": 256, "att_dim": 128, "init_std": 0.01, "dropout": 0.5, "alpha_c": 0.0,
+           "dim": 256, "att_dim": 128, "init_std": 0.01, "ortho_scale": 0.01,
+           "dropout": 0.5, "alpha_c": 0.0,
            "selector": True,
            "batch_size": 32, "optimizer": "adam", "lr": 1e-3, "clip": 5.0, "beam": 1,
            "max_out": 30, "log_every": 25, "rows": list(ROWS), "seeds": 1}
@@ -56,7 +64,12 @@ PRESETS = {
     # 0.1·N instead of arctic's 0.01·N for the non-recurrent matrices: see translation's quick
     "quick": {**_COMMON, "att_dim": 64, "init_std": 0.1, "steps": 1200, "eval_every": 300,
               "ckpt_every": 300},
-    # arctic-captions' train() on Flickr8k: 1000 LSTM units, word 100, Graves RMSProp, batch 16
+    # arctic-captions' train() sizes and optimiser on Flickr8k (1000 LSTM units, word 100, Graves
+    # RMSProp, batch 16), NOT its model defaults: train() leaves the selector, prev2out, ctx2out
+    # and dropout off, while this model always has the deep output with E y_{t-1} (prev2out)
+    # and L_z ẑ_t (ctx2out) and, with selector=True, the gate β: the full model of Xu et al.
+    # (their Eq. 7 and §4.2.1, as arctic's evaluate_coco.py turns on), with dropout 0.5 as the
+    # noisy paper's reference (§6.5)
     "paper": {**_COMMON, "dataset": "flickr8k", "dim_word": 100, "dim": 1000, "att_dim": 512,
               "batch_size": 16, "optimizer": "rmsprop-graves", "lr": 1e-4, "clip": 0.0,
               "steps": 100_000, "eval_every": 2000, "ckpt_every": 1000, "max_out": 50},
@@ -100,14 +113,16 @@ class ShowAttendTell(nn.Module):
         self.out_act = s2s.tanh_unit(kind, W, c)
         self.drop = nn.Dropout(dropout)
         self.readout = nn.Linear(W, n_words)
-        with torch.no_grad():  # U orthogonal, the rest init_std·N (arctic: 0.01, W_a included)
+        # U orthogonal × ortho_scale (the paper's 0.01, §6.5), the rest init_std·N (arctic:
+        # 0.01, W_a included: arctic keeps it explicitly non-orthogonal)
+        with torch.no_grad():
             for name, p in self.named_parameters():
                 if name.endswith(".p") or name.startswith("encoder"):
                     continue
                 if p.dim() == 1:
                     p.zero_()
                 elif "weight_hh" in name:
-                    s2s.orthogonal_(p)
+                    s2s.orthogonal_(p, cfg["ortho_scale"])
                 else:
                     p.normal_(0, cfg["init_std"])
 
