@@ -241,3 +241,14 @@ def test_captioner_recurrent_matrix_is_orthogonal_times_0_01(row):
     H = cfg["dim"]
     for k in range(4):  # i, f, o/g blocks: each orthogonal × 0.01
         assert _is_scaled_orthogonal(w[k * H: (k + 1) * H], 0.01)
+
+
+@pytest.mark.parametrize("name", ["unique-count", "associative-recall", "learning-to-execute",
+                                  "translation", "captioning"])
+def test_every_long_preset_is_valid_and_has_seeds_to_decide(name):
+    exp = experiments.get(name)
+    cfg = exp.presets["long"]
+    check_settings(cfg)
+    assert cfg["seeds"] >= 3
+    assert cfg["steps"] > exp.presets["quick"]["steps"]
+    exp.train_config(cfg, 0)  # the loop accepts it
