@@ -9,10 +9,12 @@ arctic-captions.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -109,6 +111,57 @@ class EpochBatches:
             self._cache = (epoch, length_sorted_batches(self.lengths, self.batch_size,
                                                         self.seed * 1_000_003 + epoch))
         return self._cache[1][step % self.per_epoch]
+
+
+class EarlyStopping:
+    """A task mixin: early stopping on the validation NLL, as every model of Tables 3 and 4.
+
+    After each validation (the trainer's :meth:`~noisyact.training.Task.on_evaluate`), a lower
+    NLL than before replaces the kept model state (a CPU copy of the state dict, held in memory
+    and saved in the checkpoint through :meth:`state_dict`, so a resumed run keeps the same best
+    model). After the last update's validation the kept model is evaluated on the test split;
+    :meth:`summarize` then reports ``best_valid_nll``, ``best_step`` and ``best_test_<metric>``
+    beside the trainer's ``test_<metric>`` of the last model.
+    """
+
+    cfg: dict[str, Any]
+    best_state: dict[str, Tensor] | None = None
+    best_valid_nll: float | None = None
+    best_step: int | None = None
+    best_test: dict[str, float] | None = None
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        raise NotImplementedError
+
+    def on_evaluate(self, model: nn.Module, step: int, metrics: dict[str, float]) -> None:
+        nll = metrics.get("nll")
+        if (nll is not None and math.isfinite(nll)
+                and (self.best_valid_nll is None or nll < self.best_valid_nll)):
+            self.best_state = {k: v.detach().to("cpu", copy=True)
+                               for k, v in model.state_dict().items()}
+            self.best_valid_nll, self.best_step = float(nll), step
+        if step >= self.cfg["steps"] and self.best_state is not None:
+            live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(self.best_state)
+            try:
+                self.best_test = self.evaluate(model, "test")
+            finally:
+                model.load_state_dict(live)
+
+    def summarize(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {"best_valid_nll": self.best_valid_nll,
+                               "best_step": self.best_step}
+        out.update({f"best_test_{k}": v for k, v in (self.best_test or {}).items()})
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_state": self.best_state, "best_valid_nll": self.best_valid_nll,
+                "best_step": self.best_step, "best_test": self.best_test}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_state = state["best_state"]
+        self.best_valid_nll, self.best_step = state["best_valid_nll"], state["best_step"]
+        self.best_test = state["best_test"]
 
 
 def tanh_unit(row_kind: str, features: int, c: float | None = None) -> nn.Module:
@@ -274,6 +327,7 @@ def row_kind(row: str) -> str:
 __all__ = [
     "EOS",
     "UNK",
+    "EarlyStopping",
     "EpochBatches",
     "Vocab",
     "beam_search",

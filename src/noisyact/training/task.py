@@ -20,10 +20,11 @@ class Task:
 
     Optional (override when needed): :meth:`annealer` (a noise schedule), :meth:`lr_at` (a
     learning-rate schedule), :meth:`after_step` (run after every update; an adaptive curriculum
-    logs what it returns and sets :attr:`finished` to end training), :meth:`summarize` (extra
-    final metrics from the logged records), :meth:`state_dict`/:meth:`load_state_dict` (state
-    carried across batches, such as a language model's hidden state, saved in checkpoints) and
-    :attr:`tokens_per_step` (for the throughput in ``final.json``).
+    logs what it returns and sets :attr:`finished` to end training), :meth:`on_evaluate` (after
+    each validation), :meth:`summarize` (extra final metrics from the logged records),
+    :meth:`state_dict`/:meth:`load_state_dict` (state carried across batches, such as a language
+    model's hidden state, saved in checkpoints) and :attr:`tokens_per_step` (for the throughput
+    in ``final.json``).
     """
 
     #: set to True by a task that ends training early (an adaptive curriculum that is done)
@@ -56,6 +57,10 @@ class Task:
     def after_step(self, model: nn.Module, step: int) -> dict[str, Any] | None:
         """Run after every update; a dict returned is logged with the step."""
         return None
+
+    def on_evaluate(self, model: nn.Module, step: int, metrics: dict[str, float]) -> None:
+        """Run (main rank) after each validation, with its metrics, before the checkpoint of
+        that step: e.g. keep the best model so far in :meth:`state_dict` (early stopping)."""
 
     def summarize(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         """Extra final metrics computed from the logged records."""

@@ -212,6 +212,8 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
         if step % cfg.eval_every == 0 or done:
             metrics = task.evaluate(model, "valid") if dist.is_main else {}
             log({"step": step, **{f"valid_{k}": v for k, v in metrics.items()}})
+            if dist.is_main:  # before the checkpoint, so that what the task keeps is saved
+                task.on_evaluate(model, step, metrics)
         if step % cfg.ckpt_every == 0 or done:
             checkpoint()
         if done:
