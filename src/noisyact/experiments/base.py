@@ -20,7 +20,7 @@ from ..compiler import fused_mode
 from ..noise import noise_source
 from ..training.checkpoint import atomic_write_json
 from ..training.distributed import DistInfo, barrier, setup_distributed
-from ..training.report import collect, plot_curves, results_table, write_results
+from ..training.report import RowResult, collect, plot_curves, results_table, write_results
 from ..training.runfolder import RunFolder, command_line, provenance
 from ..training.task import Task
 from ..training.trainer import TrainConfig, train
@@ -82,6 +82,19 @@ class Experiment:
     # the paper's claims on this experiment, the headline first; judged in every report
     claims: tuple[Claim, ...] = ()
     paper_table: str = ""  # where the paper reports it ("Table 2", "Fig. 9")
+    # final metrics that are a function of a run's logged records (the task's summarize): the
+    # report derives them from metrics.jsonl for runs whose final.json predates them
+    from_history: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
+
+    def complete(self, results: list[RowResult]) -> list[RowResult]:
+        """``results`` with :attr:`from_history` metrics filled in where final.json lacks them."""
+        if self.from_history is None:
+            return results
+        for rr in results:
+            for i, (final, curve) in enumerate(zip(rr.finals, rr.curves, strict=True)):
+                if not final.get("failed"):
+                    rr.finals[i] = {**self.from_history(curve), **final}
+        return results
 
     def make_task(self, row: str, cfg: dict[str, Any], seed: int) -> Any:
         """The task of one (row, seed)."""
@@ -325,7 +338,7 @@ def write_report(exp: Experiment, out_dir: Path, cfg: dict[str, Any] | None = No
     if cfg is None:
         cfg = json.loads((out_dir / "config.json").read_text())["settings"]
     rows = list(cfg.get("rows") or exp.rows)
-    results = collect(out_dir, rows)
+    results = exp.complete(collect(out_dir, rows))
     body = [exp.description, results_table(results, exp.columns, exp.paper)]
     claims = [c for c in exp.claims if c.better in rows and c.than in rows]
     if claims:

@@ -73,7 +73,7 @@ def load(path: str | Path) -> Published:
         raise ValueError(f"{path / 'config.json'} is not a noisyact run configuration")
     exp = get(config["experiment"])
     rows = list(config["settings"].get("rows") or exp.rows)
-    return Published(path, config, collect(path, rows))
+    return Published(path, config, exp.complete(collect(path, rows)))
 
 
 def find(paths: list[str | Path]) -> list[Path]:
@@ -137,8 +137,9 @@ def summary(pubs: list[Published], page_dir: Path, results_page: Path) -> str:
                          f"[{name}]({anchor}) |")
             continue
         claim = exp.claims[0]
-        paper = (f"{claim.better} {exp.paper.get(claim.better, {}).get(claim.metric, '—')} vs "
-                 f"{claim.than} {exp.paper.get(claim.than, {}).get(claim.metric, '—')}")
+        numbers = [exp.paper.get(row, {}).get(claim.metric) for row in (claim.better, claim.than)]
+        paper = ("not in the paper" if not any(numbers) else
+                 f"{claim.better} {numbers[0] or '—'} vs {claim.than} {numbers[1] or '—'}")
         if not mine:
             lines.append(f"| {exp.paper_table} | {claim.text} | {paper} | no run folder yet | — "
                          f"| [{name}]({anchor}) |")

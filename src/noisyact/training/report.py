@@ -93,8 +93,10 @@ def results_table(results: Sequence[RowResult], columns: Sequence[tuple[str, str
     head = ["row", "seeds"]
     for _key, label in columns:
         head += [f"{label} (ours)", f"{label} (paper)"]
+    hours = [h for rr in results for h in rr.hours()]
+    in_minutes = bool(hours) and max(hours) < 1.0
     if timed:
-        head.append("hours per seed")
+        head.append("minutes per seed" if in_minutes else "hours per seed")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rr in results:
         failed = sum(1 for f in rr.finals if f.get("failed"))
@@ -102,7 +104,7 @@ def results_table(results: Sequence[RowResult], columns: Sequence[tuple[str, str
         for key, _ in columns:
             cells += [mean_std(rr.values(key)), paper.get(rr.row, {}).get(key, "—")]
         if timed:
-            cells.append(mean_std(rr.hours()))
+            cells.append(mean_std([h * 60 for h in rr.hours()] if in_minutes else rr.hours()))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

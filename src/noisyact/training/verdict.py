@@ -69,8 +69,9 @@ class Side:
     def __str__(self) -> str:
         if not self.values:
             return "no finished seed"
-        spread = f" ± {_fmt(self.std)}" if self.n > 1 else ""
-        return f"{_fmt(self.mean)}{spread} (n={self.n})"
+        digits = _digits(self.mean)
+        spread = f" ± {self.std:.{digits}f}" if self.n > 1 else ""
+        return f"{self.mean:.{digits}f}{spread} (n={self.n})"
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,14 @@ VERDICT_HEADER = ("| claim (paper's direction) | claimed better | claimed worse 
                   "[95 % CI] | verdict |\n|---|---|---|---|---|")
 
 
+def _digits(x: float) -> int:
+    return 2 if abs(x) < 1000 else 0
+
+
 def _fmt(x: float, signed: bool = False) -> str:
     if math.isnan(x):
         return "—"
-    digits = 2 if abs(x) < 1000 else 0
+    digits = _digits(x)
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
@@ -211,7 +216,9 @@ def _side_values(claim: Claim, row: str, finals: Sequence[dict[str, Any]]) -> tu
     for f in finals:
         if f.get("failed"):
             continue
-        v = f.get(claim.metric)
+        if claim.metric not in f:  # a run that does not record this metric (older code)
+            continue
+        v = f[claim.metric]
         if v is None and claim.missing_as is not None:
             v = f.get(claim.missing_as)
         if v is not None:
