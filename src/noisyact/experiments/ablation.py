@@ -62,7 +62,7 @@ from .. import functional as F
 from ..rnn import NoisyLSTM
 from ..saturating import HARD_SIGMOID, HARD_TANH, Saturating
 from ..training.report import collect
-from .base import BaseTask, Claim, ClassificationTask, Experiment, batch_generator
+from .base import BaseTask, Claim, ClassificationTask, Experiment, batch_generator, uniform_init_
 from .unique_count import PRESETS as UC_PRESETS
 from .unique_count import UniqueCountModel, make_batch
 
@@ -330,10 +330,7 @@ def _ptb_task(row: str, cfg: dict[str, Any], seed: int) -> BaseTask:
             drop = c["dropout"] if c["layers"] > 1 else 0.0
             model.rnn = build_rnn(self.row, c["emb"], c["hidden"], num_layers=c["layers"],
                                   dropout=drop)
-            with torch.no_grad():  # Zaremba's U(±init) as in LanguageModel; p keep U(±1)
-                for name, w in model.rnn.named_parameters():
-                    if not name.endswith(".p"):
-                        w.uniform_(-c["init"], c["init"])
+            uniform_init_(model.rnn, c["init"])  # Zaremba's U(±init) as in LanguageModel; p keep U(±1)
             return model
 
         def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..anneal import InverseSqrt, NoiseAnnealer
-from .base import BaseTask, Claim, Experiment, batch_generator
+from .base import BaseTask, Claim, Experiment, batch_generator, model_device
 from .ntm import NTM
 
 ROWS = ("regular", "noisy-annealed")
@@ -151,7 +151,7 @@ class RecallTask(BaseTask):
         return make_batch(counts, gen)
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-        dev = next(model.parameters()).device
+        dev = model_device(model)
         x, y, mask = (t.to(dev) for t in batch)
         return masked_nll(model(x), y, mask)
 
@@ -159,7 +159,7 @@ class RecallTask(BaseTask):
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         """NLL (dntm's normalisation) and wrong bits per episode, n = max_items."""
         model.eval()
-        dev = next(model.parameters()).device
+        dev = model_device(model)
         x, y, mask = self.valid
         nll, wrong = 0.0, 0.0
         for lo in range(0, x.shape[1], 256):

@@ -35,6 +35,29 @@ def batch_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 131 + rank)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's parameters."""
+    return next(model.parameters()).device
+
+
+def rank_slice(n: int, rank: int, world_size: int) -> slice:
+    """This rank's contiguous share of ``n`` items (data-parallel batches and columns)."""
+    return slice(rank * n // world_size, (rank + 1) * n // world_size)
+
+
+def weights(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The named parameters that an experiment's initialisation sets: all but the noise
+    parameters p of the noisy units, which keep their U(−1, 1) initialisation (§6)."""
+    return [(n, w) for n, w in model.named_parameters() if n.rsplit(".", 1)[-1] != "p"]
+
+
+@torch.no_grad()
+def uniform_init_(model: nn.Module, a: float) -> None:
+    """Every weight (embeddings and biases included, not p) U(−a, a), as Zaremba's codes do."""
+    for _, w in weights(model):
+        w.uniform_(-a, a)
+
+
 def detach_state(state: Any) -> Any:
     """A recurrent state cut from the graph (truncated BPTT); None stays None."""
     return None if state is None else tuple(s.detach() for s in state)
@@ -50,14 +73,14 @@ class ClassificationTask(BaseTask):
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
         x, y = batch
-        dev = next(model.parameters()).device
+        dev = model_device(model)
         return nn.functional.cross_entropy(model(x.to(dev)), y.to(dev))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         model.eval()
         x, y = self.eval_sets[split]
-        dev = next(model.parameters()).device
+        dev = model_device(model)
         logits = torch.cat([model(xb.to(dev)).cpu() for xb in x.split(1000)])
         return {"error": 100.0 * (logits.argmax(1) != y).float().mean().item(),
                 "nll": nn.functional.cross_entropy(logits, y).item()}
@@ -366,9 +389,13 @@ __all__ = [
     "Experiment",
     "batch_generator",
     "check_settings",
+    "model_device",
     "parse_overrides",
     "preflight",
+    "rank_slice",
     "report_settings",
     "run_experiment",
+    "uniform_init_",
+    "weights",
     "write_report",
 ]

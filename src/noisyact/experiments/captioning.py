@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from ..rnn import NoisyLSTMCell
 from . import seq2seq as s2s
 from . import shapes
-from .base import BaseTask, Claim, Experiment
+from .base import BaseTask, Claim, Experiment, model_device, rank_slice, weights
 
 ROWS = ("reference", "NAH", "NAH-nodrop", "NANI", "NANIL")
 ROW_C = {"NANI": 0.05, "NANIL": 0.5}  # Table 3's caption; NAH keeps the library defaults
@@ -121,8 +121,8 @@ class ShowAttendTell(nn.Module):
         # U orthogonal × ortho_scale (the paper's 0.01, §6.5), the rest init_std·N (arctic:
         # 0.01, W_a included: arctic keeps it explicitly non-orthogonal)
         with torch.no_grad():
-            for name, p in self.named_parameters():
-                if name.endswith(".p") or name.startswith("encoder"):
+            for name, p in weights(self):  # the noise parameters keep U(-1, 1)
+                if name.startswith("encoder"):
                     continue
                 if p.dim() == 1:
                     p.zero_()
@@ -296,11 +296,11 @@ class CaptionTask(s2s.EarlyStopping, BaseTask):
 
     def batch(self, step: int, rank: int, world_size: int) -> tuple[Tensor, Tensor, Tensor]:
         idx = self.batches(step)
-        idx = idx[rank * len(idx) // world_size: (rank + 1) * len(idx) // world_size]
+        idx = idx[rank_slice(len(idx), rank, world_size)]
         return self._tensors("train", [self.pairs[i] for i in idx])
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-        dev = next(model.parameters()).device
+        dev = model_device(model)
         nll, penalty = model(*(t.to(dev) for t in batch))
         return nll.mean() + self.cfg["alpha_c"] * penalty.mean()
 
@@ -308,7 +308,7 @@ class CaptionTask(s2s.EarlyStopping, BaseTask):
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         """NLL per caption over all captions, BLEU-1…4 of one caption per image (5 refs)."""
         model.eval()
-        dev = next(model.parameters()).device
+        dev = model_device(model)
         pairs = [(i, j) for i, caps in enumerate(self.ids[split]) for j in range(len(caps))]
         nll = 0.0
         for lo in range(0, len(pairs), 128):
@@ -323,7 +323,7 @@ class CaptionTask(s2s.EarlyStopping, BaseTask):
 
     def describe(self, model: nn.Module, split: str,
                  which: list[int] | None = None) -> list[list[str]]:
-        dev = next(model.parameters()).device
+        dev = model_device(model)
         images = self.inputs[split] if which is None else self.inputs[split][which]
         hyps: list[list[str]] = []
         for lo in range(0, len(images), 128):

@@ -32,7 +32,7 @@ from ..rnn import NoisyLSTM
 from ..training.distributed import sum_across_ranks
 from ..training.report import collect, plot_curves
 from . import programs
-from .base import BaseTask, Claim, Experiment, detach_state
+from .base import BaseTask, Claim, Experiment, detach_state, model_device, rank_slice, uniform_init_
 
 ROWS = ("reference", "NAH", "NAN", "hard")
 
@@ -72,10 +72,7 @@ class ExecutorModel(nn.Module):
         self.rnn: nn.Module = (nn.LSTM(h, h, cfg["layers"]) if row == "reference"
                                else NoisyLSTM(h, h, cfg["layers"], variant=row))
         self.out = nn.Linear(h, v)
-        with torch.no_grad():  # all parameters U(±0.08), embeddings and biases included
-            for name, w in self.named_parameters():
-                if not name.endswith(".p"):  # the noise parameters p keep their U(-1, 1)
-                    w.uniform_(-cfg["init"], cfg["init"])
+        uniform_init_(self, cfg["init"])  # all parameters U(±0.08), embeddings and biases included
 
     def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         h, state = self.rnn(self.embed(x), state)
@@ -149,13 +146,13 @@ class ExecuteTask(BaseTask):
     def batch(self, step: int, rank: int, world_size: int) -> tuple[Tensor, Tensor]:
         x, y = self.train
         cols = x.shape[1]
-        part = slice(rank * cols // world_size, (rank + 1) * cols // world_size)
+        part = rank_slice(cols, rank, world_size)
         lo, n = self.pos, self.cfg["bptt"]
         return x[lo: lo + n, part], y[lo + 1: lo + 1 + n, part]
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
         x, y = batch
-        dev = next(model.parameters()).device
+        dev = model_device(model)
         logits, state = model(x.to(dev), self.state)
         self.state = detach_state(state)
         nll, correct, counted = masked_counts(logits, y.to(dev))
@@ -218,7 +215,7 @@ class ExecuteTask(BaseTask):
         """Per-character accuracy % and NLL per character, state zeroed, chunks of ``bptt``."""
         model.eval()
         x, y = self.valid if split == "valid" else self.test
-        dev = next(model.parameters()).device
+        dev = model_device(model)
         state, nll, correct, counted = None, 0.0, 0, 0
         n = self.cfg["bptt"]
         for lo in range(0, x.shape[0] - 1, n):

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ..rnn import NoisyLSTM
-from .base import BaseTask, Claim, Experiment, detach_state
+from .base import BaseTask, Claim, Experiment, detach_state, model_device, rank_slice, uniform_init_
 
 ROWS = ("reference", "hard", "NAN", "NAH")
 SPLITS = ("train", "valid", "test")
@@ -149,10 +149,7 @@ class LanguageModel(nn.Module):
                                  variant=row)
         self.drop = nn.Dropout(cfg["dropout"])
         self.out = nn.Linear(cfg["hidden"], vocab)
-        with torch.no_grad():  # Zaremba: every weight U(±init); the noise p keep U(±1)
-            for name, w in self.named_parameters():
-                if not name.endswith(".p"):
-                    w.uniform_(-cfg["init"], cfg["init"])
+        uniform_init_(self, cfg["init"])  # Zaremba: every weight U(±init); the noise p keep U(±1)
 
     def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         h, state = self.rnn(self.drop(self.embed(x)), state)
@@ -198,13 +195,13 @@ class PTBTask(BaseTask):
         i = step % self.steps_per_epoch
         lo = i * self.cfg["bptt"]
         cols = self.train_data.shape[1]
-        part = slice(rank * cols // world_size, (rank + 1) * cols // world_size)
+        part = rank_slice(cols, rank, world_size)
         data = self.train_data[:, part]
         return data[lo: lo + self.cfg["bptt"]], data[lo + 1: lo + 1 + self.cfg["bptt"]], i == 0
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, bool]) -> Tensor:
         x, y, new_epoch = batch
-        dev = next(model.parameters()).device
+        dev = model_device(model)
         if new_epoch:
             self.state = None
         logits, state = model(x.to(dev), self.state)
@@ -224,7 +221,7 @@ class PTBTask(BaseTask):
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         model.eval()
         data = self.eval_data[split]
-        dev = next(model.parameters()).device
+        dev = model_device(model)
         state, total, count = None, 0.0, 0
         for lo in range(0, data.shape[0] - 1, 35):
             x, y = data[lo: lo + 35], data[lo + 1: lo + 36]

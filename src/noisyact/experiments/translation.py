@@ -39,7 +39,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..rnn import NoisyGRU, NoisyGRUCell
 from . import seq2seq as s2s
-from .base import BaseTask, Claim, Experiment
+from .base import BaseTask, Claim, Experiment, model_device, rank_slice, weights
 
 ROWS = ("reference", "hard", "NAH")
 CORPORA = {
@@ -169,9 +169,7 @@ class NMT(nn.Module):
 
     def _init(self, scale: float, std: float) -> None:
         with torch.no_grad():
-            for name, p in self.named_parameters():
-                if name.endswith(".p"):  # the noise parameters keep U(-1, 1)
-                    continue
+            for name, p in weights(self):  # the noise parameters keep U(-1, 1)
                 if p.dim() == 1:
                     p.zero_()
                 elif "weight_hh" in name or name == "att_ctx.weight":
@@ -268,7 +266,7 @@ class TranslationTask(s2s.EarlyStopping, BaseTask):
 
     def batch(self, step: int, rank: int, world_size: int) -> tuple[Tensor, ...]:
         idx = self.batches(step)
-        idx = idx[rank * len(idx) // world_size: (rank + 1) * len(idx) // world_size]
+        idx = idx[rank_slice(len(idx), rank, world_size)]
         return self._tensors([self.data["train"][i] for i in idx])
 
     @staticmethod
@@ -278,7 +276,7 @@ class TranslationTask(s2s.EarlyStopping, BaseTask):
         return src, src_mask, tgt, tgt_mask
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
-        dev = next(model.parameters()).device
+        dev = model_device(model)
         return model(*(t.to(dev) for t in batch)).mean()
 
     @torch.no_grad()
@@ -286,7 +284,7 @@ class TranslationTask(s2s.EarlyStopping, BaseTask):
         """NLL per sentence; BLEU with greedy decoding (valid: the first valid_bleu_size
         sentences) and, on test, with beam search."""
         model.eval()
-        dev = next(model.parameters()).device
+        dev = model_device(model)
         pairs = self.data[split]
         nll = 0.0
         for lo in range(0, len(pairs), 64):
@@ -302,7 +300,7 @@ class TranslationTask(s2s.EarlyStopping, BaseTask):
         return out
 
     def translate(self, model: nn.Module, sources: list[list[int]]) -> list[list[str]]:
-        dev = next(model.parameters()).device
+        dev = model_device(model)
         hyps: list[list[str]] = []
         for lo in range(0, len(sources), 64):
             src, m = s2s.pad(sources[lo: lo + 64])
@@ -312,7 +310,7 @@ class TranslationTask(s2s.EarlyStopping, BaseTask):
         return hyps
 
     def translate_beam(self, model: nn.Module, source: list[int]) -> list[str]:
-        dev = next(model.parameters()).device
+        dev = model_device(model)
         src, m = s2s.pad([source])
         state = model.start(src.to(dev), m.to(dev))
         ids = s2s.beam_search(model.step, state, self.cfg["beam"], self.cfg["max_out"])
