@@ -144,7 +144,14 @@ def test_generated_pages_carry_tables_and_verdicts(tmp_path):
     assert "| Table 2 | NAN < reference (test ppl) | NAN 108.0 vs reference 115.6 |" in summary
     assert "**holds**" in summary and "no run folder yet" in summary  # other experiments
     assert "\nold\n" not in summary
-    # regenerating is idempotent, and --check sees a stale page
+    # the plot is copied beside the page and linked from there
+    copy = docs.parent / "figures" / "ptb-paper" / "curves.png"
+    assert copy.read_bytes() == (results / "ptb-paper" / "curves.png").read_bytes()
+    assert "](figures/ptb-paper/curves.png)" in page
+    # regenerating is idempotent, and --check sees a stale page or plot
+    copy.write_bytes(b"old plot")
+    assert cli.main(["report", str(results), "--docs", str(docs), "--check"]) == 1
+    copy.write_bytes((results / "ptb-paper" / "curves.png").read_bytes())
     assert cli.main(["report", str(results), "--docs", str(docs), "--readme", str(readme),
                      "--check"]) == 0
     docs.write_text(page.replace("108.50", "100.00"))

@@ -97,6 +97,7 @@ def _report(args: argparse.Namespace) -> int:
             page = Path(args.docs)
             if publish.render_results_page(page.read_text(), pubs, page) != page.read_text():
                 stale.append(args.docs)
+            stale += [str(f) for f in publish.stale_figures(pubs, page.parent)]
         if args.readme:
             readme, page = Path(args.readme), Path(args.docs or "docs/results.md")
             if publish.render_readme(readme.read_text(), pubs, readme, page) != readme.read_text():

@@ -78,7 +78,8 @@ class NoisyActivation(nn.Module):
         generator: optional :class:`torch.Generator` for the noise (eager mode).
         recompute_noise: save only x for backward and redraw ξ (fused path, noise source
             ``"torch"``; the default counter noise is always regenerated).
-        device, dtype: of p (``c`` is always a float64 buffer).
+        device: the device of p.
+        dtype: the dtype of p (``c`` is always a float64 buffer).
         clip_output: clip the output to the range of h ([−1, 1] for tanh, [0, 1] for
             sigmoid) in training and eval, with zero gradient where the clip is active (the
             authors' paper-era code). Default ``False``: Eq. 12, unbounded for α > 1. No effect

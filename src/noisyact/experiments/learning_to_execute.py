@@ -250,7 +250,7 @@ class LearningToExecute(Experiment):
 EXPERIMENT = LearningToExecute(
     task=ExecuteTask,
     name="learning-to-execute",
-    paper_table="Table 1",
+    paper_table="Table 1, Fig. 8",
     claims=(Claim("NAH", "reference", "test_acc", "test acc %", lower_is_better=False),),
     description=(
         "§6.2 / Table 1: Learning to Execute (Zaremba & Sutskever 2014). 2-layer LSTM, "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,16 +107,29 @@ def section(pub: Published, page_dir: Path) -> str:
         f"commit {commit[:10]}{' + local changes' if prov.get('dirty') else ''}" if commit
         else "", f"torch {prov['torch']}" if prov.get("torch") else "",
         f"noise source {prov['noise_source']}" if prov.get("noise_source") else ""]))
-    parts = [f"`{pub.command()}` ({_when(pub)}{'; ' + setup if setup else ''}; folder "
-             f"[`results/{pub.name}`]({_rel(pub.path, page_dir)}))",
+    parts = [f"`{pub.command()}` ({_when(pub)}{'; ' + setup if setup else ''}; run folder "
+             f"`results/{pub.name}`)",
              results_table(pub.results, exp.columns, exp.paper)]
     claims = [c for c in exp.claims if c.better in pub.finals() and c.than in pub.finals()]
     if claims:
         parts.append(verdict_table(claims, pub.finals()))
-    curves = pub.path / "curves.png"
-    if curves.exists():
+    curves = figure_copies(pub, page_dir).get("curves.png")
+    if curves is not None:
         parts.append(f"![{pub.name} learning curves]({_rel(curves, page_dir)})")
     return "\n\n".join(parts)
+
+
+def figure_copies(pub: Published, page_dir: Path) -> dict[str, Path]:
+    """Where the run folder's plots are copied beside the page (``figures/NAME/``), so that the
+    page and the documentation site built from ``docs/`` show them: {file name: copy}."""
+    return {png.name: page_dir / "figures" / pub.name / png.name
+            for png in sorted(pub.path.glob("*.png"))}
+
+
+def stale_figures(pubs: list[Published], page_dir: Path) -> list[Path]:
+    """Copies of the plots that are missing or differ from the run folders'."""
+    return [dst for pub in pubs for name, dst in figure_copies(pub, page_dir).items()
+            if not dst.exists() or dst.read_bytes() != (pub.path / name).read_bytes()]
 
 
 def _rel(target: Path, page_dir: Path) -> str:
@@ -174,7 +188,7 @@ def fill(text: str, name: str, block: str, heading: str | None = None) -> str:
     if heading is not None:
         lines = text.split("\n")
         for i, line in enumerate(lines):
-            if line.strip() == heading:
+            if line.strip() == heading or line.startswith(heading + " ("):
                 return "\n".join([*lines[: i + 1], "", marked, *lines[i + 1:]])
     return text.rstrip("\n") + f"\n\n{marked}\n"
 
@@ -183,8 +197,7 @@ def render_results_page(text: str, pubs: list[Published], page: Path) -> str:
     """``docs/results.md`` with every run folder's block filled in."""
     for pub in pubs:
         exp = pub.experiment
-        text = fill(text, pub.name, section(pub, page.parent),
-                    heading=f"## {exp.name} ({exp.paper_table})")
+        text = fill(text, pub.name, section(pub, page.parent), heading=f"## {exp.name}")
     return text
 
 
@@ -203,6 +216,11 @@ def publish(folders: list[Path], docs: Path | None = None, readme: Path | None =
         docs.write_text(render_results_page(docs.read_text(encoding="utf-8"), pubs, docs),
                         encoding="utf-8")
         written.append(docs)
+        for pub in pubs:
+            for name, dst in figure_copies(pub, docs.parent).items():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(pub.path / name, dst)
+                written.append(dst)
     if readme is not None:
         page = docs if docs is not None else readme.parent / "docs" / "results.md"
         readme.write_text(render_readme(readme.read_text(encoding="utf-8"), pubs, readme, page),
@@ -211,5 +229,5 @@ def publish(folders: list[Path], docs: Path | None = None, readme: Path | None =
     return written
 
 
-__all__ = ["Published", "find", "load", "publish", "render_readme", "render_results_page",
-           "section", "summary"]
+__all__ = ["Published", "figure_copies", "find", "load", "publish", "render_readme",
+           "render_results_page", "section", "stale_figures", "summary"]

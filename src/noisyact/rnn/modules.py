@@ -295,8 +295,8 @@ class NoisyLSTM(_NoisyRNNBase):
         clip_output: clip the output of every noisy unit to the range of its h ([0, 1] for the
             gates, [−1, 1] for the tanh units), with zero gradient where the clip is active, as
             the authors' paper-era code. Default ``False`` (the paper's Eq. 12; see the warning).
-        gate_clip_output, unit_clip_output: override ``clip_output`` for the gates / for the
-            tanh units.
+        gate_clip_output: overrides ``clip_output`` for the gates.
+        unit_clip_output: overrides ``clip_output`` for the tanh units.
 
     .. warning::
         With α > 1 (the default) the NAN/NAH units are unbounded by design: past saturation the
