@@ -45,6 +45,9 @@ layer holding one runs the reference per-step loop through its modules.
 Tasks: ``task=unique-count`` (§6.6a, data and model of :mod:`.unique_count`) or ``task=ptb``
 (§6.3, :mod:`.ptb`'s task and language model; its settings are the ``ptb_*`` keys). The final
 metric ``test_score`` is the test error % (unique-count) or the test perplexity (ptb).
+
+Length: the ablated units (one small module per switched-off part), the rows and the grid, and
+the figures of the study live together so that one file shows the whole study (~520 lines).
 """
 
 from __future__ import annotations
