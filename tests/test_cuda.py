@@ -100,7 +100,7 @@ def test_gradcheck_float64_on_cuda(variant):
 def test_recurrent_layers_equal_the_plain_loop_on_cuda(kind, mode):
     """Forward and hand-written backward of the fused layer on CUDA = autograd through the
     equations with the ξ the layer drew (its key, the counter noise of the whole sequence)."""
-    from test_rnn import _reference_gru_layer, _reference_lstm_layer
+    from test_rnn import assert_layer_equals_reference
 
     noisyact.set_fused_mode(mode)
     torch.manual_seed(0)
@@ -112,27 +112,10 @@ def test_recurrent_layers_equal_the_plain_loop_on_cuda(kind, mode):
     y = m(x)[0]
     gy = torch.randn_like(y)
     y.backward(gy)
-    acts = m.noise_l0
     key = draw_keys(1, torch.Generator(CUDA).manual_seed(9), CUDA)[0]
     units = (5 if kind == "LSTM" else 3) * H
     noise = noise_block(torch.empty(T, B, units, device=CUDA), key).double()
-    w_ih = m.weight_ih_l0.detach().clone().requires_grad_()
-    w_hh = m.weight_hh_l0.detach().clone().requires_grad_()
-    x2 = x.detach().clone().requires_grad_()
-    if kind == "LSTM":
-        ps = [a.p.detach().clone().requires_grad_() for a in (acts.gate, acts.cand, acts.cell)]
-        b = (m.bias_ih_l0 + m.bias_hh_l0).detach()
-        y2 = _reference_lstm_layer(x2, w_ih, w_hh, b, ps, noise, "NAH", acts.gate.alpha,
-                                   acts.cand.alpha, 1.5)
-    else:
-        ps = [a.p.detach().clone().requires_grad_() for a in (acts.gate, acts.cand)]
-        y2 = _reference_gru_layer(x2, w_ih, w_hh, m.bias_ih_l0.detach(), m.bias_hh_l0.detach(),
-                                  ps, noise, "NAH", acts.gate.alpha, acts.cand.alpha, 1.5)
-    y2.backward(gy)
-    torch.testing.assert_close(y, y2)
-    torch.testing.assert_close(x.grad, x2.grad)
-    torch.testing.assert_close(m.weight_hh_l0.grad, w_hh.grad)
-    torch.testing.assert_close(m.weight_ih_l0.grad, w_ih.grad)
+    assert_layer_equals_reference(m, x, gy, y, noise, kind, "NAH", 1.5)
 
 
 @pytest.mark.parametrize("cls", [noisyact.NoisyLSTM, noisyact.NoisyGRU])

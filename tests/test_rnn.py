@@ -112,6 +112,32 @@ def _reference_gru_layer(x, w_ih, w_hh, b_ih, b_hh, p, noise, variant, alpha_g, 
     return torch.stack(outs)
 
 
+def assert_layer_equals_reference(m, x, gy, y, noise, kind, variant, c):
+    """Layer 0 of ``m`` (output ``y`` for input ``x``, backward of ``gy`` done) against autograd
+    through the equations with the same ξ (``noise``): outputs and every gradient."""
+    acts = m.noise_l0
+    w_ih = m.weight_ih_l0.detach().clone().requires_grad_()
+    w_hh = m.weight_hh_l0.detach().clone().requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    if kind == "LSTM":
+        ps = [a.p.detach().clone().requires_grad_() for a in (acts.gate, acts.cand, acts.cell)]
+        b = (m.bias_ih_l0 + m.bias_hh_l0).detach()
+        y2 = _reference_lstm_layer(x2, w_ih, w_hh, b, ps, noise, variant, acts.gate.alpha,
+                                   acts.cand.alpha, c)
+    else:
+        ps = [a.p.detach().clone().requires_grad_() for a in (acts.gate, acts.cand)]
+        y2 = _reference_gru_layer(x2, w_ih, w_hh, m.bias_ih_l0.detach(), m.bias_hh_l0.detach(),
+                                  ps, noise, variant, acts.gate.alpha, acts.cand.alpha, c)
+    y2.backward(gy)
+    torch.testing.assert_close(y, y2)
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(m.weight_hh_l0.grad, w_hh.grad)
+    torch.testing.assert_close(m.weight_ih_l0.grad, w_ih.grad)
+    got_p = [acts.gate.p.grad, acts.cand.p.grad] + ([acts.cell.p.grad] if kind == "LSTM" else [])
+    for a, b_ in zip(got_p, ps, strict=True):
+        torch.testing.assert_close(a, b_.grad)
+
+
 def _layer_noise(source, T, B, units, seed):
     """The ξ a fused layer draws from ``Generator().manual_seed(seed)``: counter noise of the
     whole sequence from one key (source "kernel") or torch.randn for all steps ("torch")."""
@@ -145,28 +171,8 @@ def test_fused_layer_equals_reference_loop(mode, variant, kind, source):
     y = m(x)[0]
     gy = torch.randn_like(y)
     y.backward(gy)
-    acts = m.noise_l0
     noise = _layer_noise(source, T, B, (5 if kind == "LSTM" else 3) * H, 9)
-    w_ih = m.weight_ih_l0.detach().clone().requires_grad_()
-    w_hh = m.weight_hh_l0.detach().clone().requires_grad_()
-    x2 = x.detach().clone().requires_grad_()
-    if kind == "LSTM":
-        ps = [a.p.detach().clone().requires_grad_() for a in (acts.gate, acts.cand, acts.cell)]
-        b = (m.bias_ih_l0 + m.bias_hh_l0).detach()
-        y2 = _reference_lstm_layer(x2, w_ih, w_hh, b, ps, noise, variant, acts.gate.alpha,
-                                   acts.cand.alpha, 1.5)
-    else:
-        ps = [a.p.detach().clone().requires_grad_() for a in (acts.gate, acts.cand)]
-        y2 = _reference_gru_layer(x2, w_ih, w_hh, m.bias_ih_l0.detach(), m.bias_hh_l0.detach(),
-                                  ps, noise, variant, acts.gate.alpha, acts.cand.alpha, 1.5)
-    y2.backward(gy)
-    torch.testing.assert_close(y, y2)
-    torch.testing.assert_close(x.grad, x2.grad)
-    torch.testing.assert_close(m.weight_hh_l0.grad, w_hh.grad)
-    torch.testing.assert_close(m.weight_ih_l0.grad, w_ih.grad)
-    got_p = [acts.gate.p.grad, acts.cand.p.grad] + ([acts.cell.p.grad] if kind == "LSTM" else [])
-    for a, b_ in zip(got_p, ps, strict=True):
-        torch.testing.assert_close(a, b_.grad)
+    assert_layer_equals_reference(m, x, gy, y, noise, kind, variant, 1.5)
 
 
 @pytest.mark.parametrize("cls", [NoisyLSTM, NoisyGRU])
