@@ -152,3 +152,18 @@ def test_config_records_what_determines_the_numbers(tmp_path, capsys):
     assert cfg["created"].endswith("Z")
     timing = json.loads((out / "tanh" / "seed1" / "timing.json").read_text())
     assert timing["wall_s"] > 0 and timing["finished_at"].endswith("Z")
+
+
+def test_parallel_jobs_give_the_results_of_one_process(tmp_path):
+    exp = get("gaussians")
+    overrides = ["rows=tanh,NAN", "steps=20", "eval_every=10", "ckpt_every=10"]
+    lines = []
+    for jobs in (1, 2):
+        run_experiment(exp, "smoke", seeds=2, jobs=jobs, out=tmp_path / f"j{jobs}",
+                       overrides=overrides, progress=False, log=lines.append)
+    assert len(lines) == 8  # one line per (row, seed), as each finishes
+    for row in ("tanh", "NAN"):
+        for seed in (0, 1):
+            a, b = (json.loads((tmp_path / f"j{j}" / row / f"seed{seed}" / "final.json")
+                               .read_text()) for j in (1, 2))
+            assert a == b, (row, seed)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -329,9 +329,8 @@ def run_experiment(exp: Experiment, preset: str = "quick", *, seeds: int | None 
             folder.write_config(config)
         barrier(dist)
         todo = [s for s in specs if not (s.run_dir / "final.json").exists()]
-        outcomes = _run_all(todo, dist, jobs, progress)
-        if dist.is_main:
-            for o in outcomes:
+        for o in _run_all(todo, dist, jobs, progress):  # each as it finishes
+            if dist.is_main:
                 shown = (f"FAILED ({o.final['failed']})" if o.failed else
                          ", ".join(f"{k}={o.final[k]:.4g}" for k, _ in exp.columns
                                    if isinstance(o.final.get(k), int | float)))
@@ -343,9 +342,12 @@ def run_experiment(exp: Experiment, preset: str = "quick", *, seeds: int | None 
     return out_dir
 
 
-def _run_all(specs: list[RunSpec], dist: DistInfo, jobs: int, progress: bool) -> list[RunOutcome]:
+def _run_all(specs: list[RunSpec], dist: DistInfo, jobs: int, progress: bool
+             ) -> Iterator[RunOutcome]:
     if jobs == 1 or len(specs) <= 1:
-        return [_train_one(s, dist, progress) for s in specs]
+        for s in specs:
+            yield _train_one(s, dist, progress)
+        return
     from .. import compiler, noise
 
     threads = max(1, torch.get_num_threads() // jobs)
@@ -353,7 +355,8 @@ def _run_all(specs: list[RunSpec], dist: DistInfo, jobs: int, progress: bool) ->
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                              initargs=(threads, noise.noise_source(), compiler.fused_mode())
                              ) as pool:
-        return list(pool.map(_worker, specs))
+        for future in as_completed([pool.submit(_worker, s) for s in specs]):
+            yield future.result()
 
 
 def write_report(exp: Experiment, out_dir: Path, cfg: dict[str, Any] | None = None) -> Path:
