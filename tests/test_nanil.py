@@ -136,3 +136,28 @@ def test_nanil_authors_gives_p_a_gradient_inside_recurrent_layers(cls, mode):
     p_grads = [p.grad for n, p in rnn.named_parameters() if n.endswith(".p")]
     assert len(p_grads) == (3 if cls is noisyact.NoisyLSTM else 2)
     assert all(g is not None and torch.count_nonzero(g) > 0 for g in p_grads)
+
+
+def _variants_in(model):
+    return {m.variant for m in model.modules() if isinstance(getattr(m, "variant", None), str)}
+
+
+@pytest.mark.parametrize(("experiment", "row", "other"), [
+    ("unique-count", "NANIL-authors-annealed", "NANIL-annealed"),
+    ("captioning", "NANIL-authors", "NANIL"),
+    ("ablation", "NANIL-authors", "NANIL"),
+])
+def test_experiment_rows_with_the_authors_sigma_build_it(experiment, row, other):
+    """The NANIL-authors rows put the authors' σ in every noisy unit (a row name parsed as its
+    first word would silently build NANIL), and the paper's NANIL row keeps Eq. 9."""
+    from noisyact.experiments import get
+
+    exp = get(experiment)
+    cfg = dict(exp.presets["smoke"])
+    assert row in exp.rows and other in exp.rows
+    built = {}
+    for r in (row, other):
+        torch.manual_seed(0)
+        built[r] = _variants_in(exp.make_task(r, cfg, 0).build_model())
+    assert built[row] == {"NANIL-authors"}
+    assert built[other] == {"NANIL"}

@@ -26,6 +26,8 @@ d-random        NAH with d(x) a random sign per element: ±|ξ| is N(0, 1), so t
                 distribution; it tests the direction (and half-normal vs normal) of NAH
 d-outward       NAH with d(x) negated: the half-normal noise points away from the linear regime
 NANI, NANIL     the library's input-noise variants (Eq. 14; NANI σ = 0.05, NANIL c = 0.5)
+NANIL-authors   NANIL with the authors' σ = c softplus(p|∆| / (|ξ| + 1e-10)), c = 0.25 as
+                in their code (the library's ``NANIL-authors`` variant)
 dropout-noise   h(x)·(1 + s ξ), eval h(x): multiplicative Gaussian-dropout noise on the hard unit,
                 with s = σ̄ as in sigma-const, so that where |h| = 1 the noise std equals NAN's
                 mean σ over the saturated elements (no α, no u term, noise also where linear)
@@ -191,9 +193,9 @@ class DropoutNoise(nn.Module):
 # --- rows ----------------------------------------------------------------------------------------
 
 GATE_ALPHA, UNIT_ALPHA, C = 1.1, 1.15, 0.5  # the library's defaults (authors' code)
-LIBRARY_ROWS = ("NAN", "NAH", "hard", "NANI", "NANIL")
+LIBRARY_ROWS = ("NAN", "NAH", "hard", "NANI", "NANIL", "NANIL-authors")
 ABLATION_ROWS = ("NAN", "NAH", "hard", "p-fixed", "p-one", "sigma-const", "d-random",
-                 "d-outward", "NANI", "NANIL", "dropout-noise")
+                 "d-outward", "NANI", "NANIL", "NANIL-authors", "dropout-noise")
 GRID_C = (0.05, 0.15, 0.5, 1.0, 2.0, 5.0, 30.0)
 GRID_ALPHA = (1.0, 1.05, 1.1, 1.15, 1.3, 1.5)
 COARSE_C = (0.05, 0.5, 5.0)
@@ -247,7 +249,7 @@ def build_rnn(row: str, input_size: int, hidden: int, *, num_layers: int = 1,
         c, a = grid
         return NoisyLSTM(input_size, hidden, variant="NAN", gate_alpha=a, unit_alpha=a,
                          gate_c=c, unit_c=c, **kw)
-    if row in ("NANI", "NANIL", "hard"):
+    if row in LIBRARY_ROWS and row not in ("NAN", "NAH"):
         return NoisyLSTM(input_size, hidden, variant=row, **kw)  # library default c
     if row not in ROWS:
         raise ValueError(f"unknown row {row!r}")
@@ -493,6 +495,7 @@ def _claims() -> tuple[Claim, ...]:
             Claim("NAN", "sigma-const", m, lab), Claim("NAH", "d-random", m, lab),
             Claim("NAH", "d-outward", m, lab), Claim("NAN", "dropout-noise", m, lab),
             Claim("NAN", "NANIL", m, lab), Claim("NAN", "NANI", m, lab),
+            Claim("NAN", "NANIL-authors", m, lab), Claim("NANIL-authors", "NANIL", m, lab),
             Claim("NAN", "hard", m, lab),
             Claim("NAN", "hard", "plateau_update", "updates to leave the plateau",
                   missing_as="steps"))

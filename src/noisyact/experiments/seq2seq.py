@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..modules import HardSigmoid, NoisyHardSigmoid, NoisyHardTanh
+from ..variants import VARIANTS
 
 EOS, UNK = 0, 1
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -316,11 +317,14 @@ def load_model_of(run_dir: Path, build: Callable[[], nn.Module]) -> nn.Module | 
 
 
 def row_kind(row: str) -> str:
-    """The unit kind of a row name: reference → soft, hard → hard, else the variant prefix."""
+    """The unit kind of a row name: reference → soft, hard → hard, a variant's name (e.g.
+    ``NANIL-authors``) → itself, else the variant before the first ``-`` (``NAH-nodrop`` → NAH)."""
     if row == "reference":
         return "soft"
     if row == "hard":
         return "hard"
+    if row.upper() in (name.upper() for name in VARIANTS):
+        return row
     return row.split("-")[0]
 
 
