@@ -10,22 +10,27 @@ import noisyact
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+#: The mode of the fused path that tests run in: "eager" (default: the same functions without
+#: compile latency) or "compile" (every fused kernel compiled by Inductor, as users run them; CI
+#: runs the fused and recurrent tests this way too). Tests of the compiled kernels set the mode
+#: themselves.
+FUSED = os.environ.get("NOISYACT_TEST_FUSED", "eager")
+if FUSED not in ("eager", "compile"):
+    raise SystemExit(f"NOISYACT_TEST_FUSED must be eager or compile, got {FUSED!r}")
+
 
 @pytest.fixture(autouse=True)
-def _fused_eager_by_default():
-    """Tests run the fused kernels eagerly (same functions, no compile latency).
-
-    Tests of the compiled kernels set the mode themselves.
-    """
+def _fused_mode_of_the_run():
+    """Each test starts in the mode :data:`FUSED` and leaves the global state as it found it."""
     old, old_source = noisyact.fused_mode(), noisyact.noise_source()
-    noisyact.set_fused_mode("eager")
+    noisyact.set_fused_mode(FUSED)
     yield
     noisyact.set_fused_mode(old)
     noisyact.set_noise_source(old_source)
 
 
-@pytest.fixture(params=["off", "eager"])
+@pytest.fixture(params=["off", FUSED])
 def path(request):
-    """Run a test on the reference path and on the fused path."""
+    """Run a test on the reference path and on the fused path (in the run's mode)."""
     noisyact.set_fused_mode(request.param)
     return request.param
