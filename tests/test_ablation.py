@@ -225,7 +225,7 @@ def test_smoke_runs_end_to_end(tmp_path):
     for name in ("grid_score.png", "grid_plateau.png", "grid_c.png", "grid_alpha.png",
                  "curves.png"):
         assert (out / name).exists() and name in text
-    for row in A.PRESETS["smoke"]["rows"]:
+    for row in A.PRESETS["smoke"].rows:
         final = json.loads((out / row / "seed0" / "final.json").read_text())
         assert "test_score" in final and "left_plateau" in final and "plateau_update" in final
     assert "NAN < sigma-const" in text and "α = 1" in text

@@ -1,6 +1,7 @@
 """Translation and captioning: data, decoding, BLEU, the models' wiring, the pipelines."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,7 @@ def test_orthogonal_blocks_and_masked_attention():
 
 
 def _mt_cfg(**kw):
-    return {**mt.PRESETS["smoke"], "data_dir": str(FIXTURE), **kw}
+    return replace(mt.PRESETS["smoke"], **{"data_dir": str(FIXTURE), **kw})
 
 
 def test_corpus_errors_name_the_problem(tmp_path):
@@ -175,7 +176,7 @@ def test_rendered_colour_sits_where_the_caption_says():
 
 
 def _cap_cfg(**kw):
-    return {**cap.PRESETS["smoke"], **kw}
+    return replace(cap.PRESETS["smoke"], **kw)
 
 
 @pytest.mark.parametrize("row", ["reference", "NAH-nodrop", "NANI", "NANIL"])
@@ -185,8 +186,8 @@ def test_captioner_rows(row):
     model = task.build_model()
     cells = [m for m in model.modules() if isinstance(m, NoisyLSTMCell)]
     assert (len(cells) == 1) == (row != "reference")
-    if row in cap.ROW_C:
-        assert float(cells[0].noise_l0.gate.c) == pytest.approx(cap.ROW_C[row])
+    if cap.ROWS[row].c is not None:
+        assert float(cells[0].noise_l0.gate.c) == pytest.approx(cap.ROWS[row].c)
     assert model.drop.p == (0.0 if row.endswith("nodrop") else 0.5)
     images, caps, mask = task.batch(0, 0, 1)
     nll, penalty = model(images, caps, mask)

@@ -4,6 +4,7 @@ error is one `noisyact: error: ...` line with exit status 2, and a refused run l
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,7 @@ def test_ptb_data_errors_name_the_file(tmp_path, capsys, split, data, says):
 def test_ptb_too_short_names_the_split_and_setting(tmp_path):
     d = _ptb_dir(tmp_path, valid=b"the cat\n")
     with pytest.raises(ValueError, match=r"ptb.valid.txt \(eval_batch 10\) has 3 tokens"):
-        ptb.PTBTask("reference", {**ptb.PRESETS["smoke"], "data_dir": str(d)}, 0)
+        ptb.PTBTask("reference", replace(ptb.PRESETS["smoke"], data_dir=str(d)), 0)
 
 
 def _mt_dir(tmp_path, name, data):
@@ -253,10 +254,10 @@ def _big_ptb(tmp_path, n_tokens):
 
 
 def test_ptb_smoke_is_bounded_whatever_the_corpus(tmp_path):
-    cfg = {**ptb.PRESETS["smoke"], "data_dir": str(_big_ptb(tmp_path, 200_000))}
+    cfg = replace(ptb.PRESETS["smoke"], data_dir=str(_big_ptb(tmp_path, 200_000)))
     task = ptb.PTBTask("reference", cfg, 0)
     assert task.train_data.numel() <= 4000
-    assert task.steps <= 2 * 4000 // (cfg["batch_size"] * cfg["bptt"])
+    assert task.steps <= 2 * 4000 // (cfg.batch_size * cfg.bptt)
     for split in ("valid", "test"):
         assert task.eval_data[split].numel() <= 2000
     tc = ptb.EXPERIMENT.train_config(cfg, 0)
@@ -270,10 +271,10 @@ def test_translation_smoke_reads_only_what_it_uses(tmp_path):
     for stem in ("train", "val", "test_2016_flickr"):
         for lang in ("en", "fr"):
             (d / f"{stem}.{lang}").write_text("".join(f"s{i} w{i % 7}\n" for i in range(n)))
-    cfg = {**mt.PRESETS["smoke"], "data_dir": str(d)}
+    cfg = replace(mt.PRESETS["smoke"], data_dir=str(d))
     corpus = mt.load_corpus(cfg)
-    assert len(corpus["train"][0]) == cfg["train_limit"] == len(corpus["train"][1])
-    assert len(corpus["valid"][0]) == cfg["eval_size"]
+    assert len(corpus["train"][0]) == cfg.train_limit == len(corpus["train"][1])
+    assert len(corpus["valid"][0]) == cfg.eval_size
     (d / "train.fr").write_text("".join(f"s{i}\n" for i in range(n - 1)))
     with pytest.raises(ValueError, match="not a parallel corpus"):  # still counts every line
         mt.load_corpus(cfg)
@@ -295,11 +296,10 @@ def _flickr8k(tmp_path, n):
 def test_captioning_smoke_on_flickr8k_is_bounded(tmp_path):
     from noisyact.experiments import captioning as cap
 
-    cfg = {**cap.PRESETS["smoke"], "dataset": "flickr8k",
-           "data_dir": str(_flickr8k(tmp_path, 200))}
+    cfg = replace(cap.PRESETS["smoke"], dataset="flickr8k", data_dir=str(_flickr8k(tmp_path, 200)))
     task = cap.CaptionTask("reference", cfg, 0)
     for split in ("train", "valid", "test"):
-        assert len(task.inputs[split]) == len(task.ids[split]) == cfg[f"n_{split}"]
+        assert len(task.inputs[split]) == len(task.ids[split]) == getattr(cfg, f"n_{split}")
 
 
 def test_damaged_flickr8k_features_name_the_file(tmp_path, capsys):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -86,13 +88,13 @@ def test_plateau_claims_count_a_run_that_never_left_at_its_last_update():
 def test_unique_count_long_preset():
     cfg = unique_count.PRESETS["long"]
     check_settings(cfg)
-    assert cfg["steps"] >= 12_000 and cfg["seeds"] >= 5 and cfg["eval_every"] <= 250
-    assert list(cfg["rows"]) == list(unique_count.ROWS)
-    floor_at = _first_at_floor(cfg["anneal_every"])
-    assert 2 * cfg["steps"] / 3 <= floor_at <= cfg["steps"], floor_at
+    assert cfg.steps >= 12_000 and cfg.seeds >= 5 and cfg.eval_every <= 250
+    assert list(cfg.rows) == list(unique_count.ROWS)
+    floor_at = _first_at_floor(cfg.anneal_every)
+    assert 2 * cfg.steps / 3 <= floor_at <= cfg.steps, floor_at
     task = unique_count.UniqueCountTask("NAN-annealed", cfg, 0)
     schedule = task.annealer(task.build_model()).schedule
-    assert schedule(cfg["steps"]) == 0.5 and schedule(floor_at - 1) > 0.5
+    assert schedule(cfg.steps) == 0.5 and schedule(floor_at - 1) > 0.5
 
 
 # --- associative recall: c goes 30 → 0.5 within the budget ---------------------------------------
@@ -103,14 +105,14 @@ def test_recall_annealing_reaches_its_floor_within_the_budget(preset):
 
     cfg = ar.PRESETS[preset]
     check_settings(cfg)
-    floor_at = _first_at_floor(cfg["anneal_every"], cfg["c_floor"], cfg["c0"])
-    assert floor_at <= cfg["steps"], (preset, floor_at)
+    floor_at = _first_at_floor(cfg.anneal_every, cfg.c_floor, cfg.c0)
+    assert floor_at <= cfg.steps, (preset, floor_at)
     if preset == "long":  # in the last third, not earlier
-        assert floor_at >= 2 * cfg["steps"] / 3
-        assert (cfg["min_items"], cfg["max_items"]) == (2, 6)
-        assert cfg["steps"] >= 10_000 and cfg["seeds"] >= 3
-        task = ar.RecallTask("regular", {**cfg, "valid_size": 2}, 0)
-        assert task.upper_bound(0) == 4 and task.upper_bound(cfg["steps"] // 2) == 6
+        assert floor_at >= 2 * cfg.steps / 3
+        assert (cfg.min_items, cfg.max_items) == (2, 6)
+        assert cfg.steps >= 10_000 and cfg.seeds >= 3
+        task = ar.RecallTask("regular", replace(cfg, valid_size=2), 0)
+        assert task.upper_bound(0) == 4 and task.upper_bound(cfg.steps // 2) == 6
 
 
 # --- learning to execute: the level reached ------------------------------------------------------
@@ -120,9 +122,9 @@ def test_lte_long_preset_and_level_reached():
 
     cfg = lte.PRESETS["long"]
     check_settings(cfg)
-    assert cfg["steps"] >= 10 * lte.PRESETS["quick"]["steps"] and cfg["seeds"] >= 3
-    task = lte.ExecuteTask("reference", {**lte.PRESETS["smoke"], "target_length": 3,
-                                         "target_nesting": 2}, 0)
+    assert cfg.steps >= 10 * lte.PRESETS["quick"].steps and cfg.seeds >= 3
+    task = lte.ExecuteTask("reference", replace(lte.PRESETS["smoke"], target_length=3,
+                                                target_nesting=2), 0)
     assert task.level == (1, 1) and task.summarize([])["final_level"] == 0
     task.level = (2, 2)  # (1,1) (2,1) (3,1) (1,2) (2,2): the fifth level
     assert task.summarize([])["final_level"] == 4
@@ -134,7 +136,7 @@ class _Toy(seq2seq.EarlyStopping):
     """A task whose 'NLL' is the weight itself: the best checkpoint is the smallest weight."""
 
     def __init__(self, steps: int) -> None:
-        self.cfg = {"steps": steps}
+        self.cfg = SimpleNamespace(steps=steps)
 
     def evaluate(self, model, split):
         w = float(model.weight.detach().sum())
@@ -166,8 +168,8 @@ def test_translation_resume_keeps_the_best_checkpoint(tmp_path):
     from noisyact.training import load_checkpoint, train
 
     exp = experiments.get("translation")
-    cfg = {**mt.PRESETS["smoke"], "data_dir": str(MT_FIXTURE), "eval_size": 6, "eval_every": 2,
-           "ckpt_every": 4, "steps": 8, "valid_bleu_size": 6, "max_out": 8}
+    cfg = replace(mt.PRESETS["smoke"], data_dir=str(MT_FIXTURE), eval_size=6, eval_every=2,
+                  ckpt_every=4, steps=8, valid_bleu_size=6, max_out=8)
     tc = exp.train_config(cfg, seed=0)
     full = train(exp.make_task("NAH", cfg, 0), tc, tmp_path / "full", progress=False)
     assert train(exp.make_task("NAH", cfg, 0), tc, tmp_path / "resumed", progress=False,
@@ -195,10 +197,10 @@ def test_captioning_final_has_the_early_stopped_scores(tmp_path):
     from noisyact.training import train
 
     exp = experiments.get("captioning")
-    cfg = {**cap.PRESETS["smoke"], "eval_every": 2}
+    cfg = replace(cap.PRESETS["smoke"], eval_every=2)
     final = train(exp.make_task("NANIL", cfg, 0), exp.train_config(cfg, 0), tmp_path,
                   progress=False)
-    assert final["best_step"] in range(2, cfg["steps"] + 1, 2)
+    assert final["best_step"] in range(2, cfg.steps + 1, 2)
     assert all(final[f"best_test_bleu{n}"] is not None for n in range(1, 5))
     assert final["best_test_nll"] is not None and final["best_valid_nll"] is not None
     names = {c.metric for c in exp.claims}
@@ -217,17 +219,17 @@ def _is_scaled_orthogonal(w: torch.Tensor, scale: float) -> bool:
 def test_nmt_rec2_context_to_gates_is_a_scaled_orthogonal_matrix(row):
     from noisyact.experiments import translation as mt
 
-    cfg = {**mt.PRESETS["smoke"], "dim": 6, "dim_word": 4}
-    D = cfg["dim"]
+    cfg = replace(mt.PRESETS["smoke"], dim=6, dim_word=4)
+    D = cfg.dim
     torch.manual_seed(0)
-    w = mt.NMT(30, 30, cfg, seq2seq.row_kind(row)).rec2.weight_ih.detach().double()
+    w = mt.NMT(30, 30, cfg, mt.ROWS[row]).rec2.weight_ih.detach().double()
     assert w.shape == (3 * D, 2 * D)
-    assert _is_scaled_orthogonal(w[: 2 * D], cfg["ortho_scale"])  # W_c: one 2D × 2D matrix
-    assert not _is_scaled_orthogonal(w[2 * D:], cfg["ortho_scale"])  # W'_c: init_std·N
+    assert _is_scaled_orthogonal(w[: 2 * D], cfg.ortho_scale)  # W_c: one 2D × 2D matrix
+    assert not _is_scaled_orthogonal(w[2 * D:], cfg.ortho_scale)  # W'_c: init_std·N
     torch.manual_seed(0)
-    off = mt.NMT(30, 30, {**cfg, "rec2_ortho": False}, seq2seq.row_kind(row))
+    off = mt.NMT(30, 30, replace(cfg, rec2_ortho=False), mt.ROWS[row])
     assert not _is_scaled_orthogonal(off.rec2.weight_ih.detach().double()[: 2 * D],
-                                     cfg["ortho_scale"])
+                                     cfg.ortho_scale)
 
 
 @pytest.mark.parametrize("row", ["reference", "NAH"])
@@ -235,10 +237,10 @@ def test_captioner_recurrent_matrix_is_orthogonal_times_0_01(row):
     from noisyact.experiments import captioning as cap
 
     cfg = cap.PRESETS["smoke"]
-    assert all(p["ortho_scale"] == 0.01 for p in cap.PRESETS.values())
-    model = cap.ShowAttendTell(20, 8, cfg, seq2seq.row_kind(row), None, 0.0)
+    assert all(p.ortho_scale == 0.01 for p in cap.PRESETS.values())
+    model = cap.ShowAttendTell(20, 8, cfg, cap.ROWS[row].kind, None, 0.0)
     w = model.cell.weight_hh.detach().double()
-    H = cfg["dim"]
+    H = cfg.dim
     for k in range(4):  # i, f, o/g blocks: each orthogonal × 0.01
         assert _is_scaled_orthogonal(w[k * H: (k + 1) * H], 0.01)
 
@@ -249,6 +251,6 @@ def test_every_long_preset_is_valid_and_has_seeds_to_decide(name):
     exp = experiments.get(name)
     cfg = exp.presets["long"]
     check_settings(cfg)
-    assert cfg["seeds"] >= 3
-    assert cfg["steps"] > exp.presets["quick"]["steps"]
+    assert cfg.seeds >= 3
+    assert cfg.steps > exp.presets["quick"].steps
     exp.train_config(cfg, 0)  # the loop accepts it

@@ -2,6 +2,7 @@
 
 import random
 import statistics
+from dataclasses import replace
 
 import pytest
 import torch
@@ -139,14 +140,14 @@ def test_accuracy_counts_ties_as_correct(row, target):
 
 
 def _smoke(**kw):
-    return {**lte.PRESETS["smoke"], **kw}
+    return replace(lte.PRESETS["smoke"], **kw)
 
 
 def test_curriculum_makes_harder_then_decays_lr_then_stops():
     task = lte.ExecuteTask("reference", _smoke(target_length=2, target_nesting=1), 0)
     model = task.build_model()
     task.evaluate = lambda m, split: {"acc": 99.0, "nll": 0.0}  # above 95 %: make harder
-    check = task.cfg["check_at"]
+    check = task.cfg.check_at
     assert task.level == (1, 1)
     seed = task.train_seed
     task.stored = [0.5]
@@ -156,11 +157,11 @@ def test_curriculum_makes_harder_then_decays_lr_then_stops():
     assert rec["length"] == 1 and task.level == (2, 1) and task.train_seed == seed + 1
     # the list was cleared, then this check's training accuracy stored
     assert task.stored == [rec["train_acc"] / 100] and task.pos == 0
-    task.after_step(model, check + task.cfg["check_every"])  # at the target: lr × 0.8
+    task.after_step(model, check + task.cfg.check_every)  # at the target: lr × 0.8
     assert task.level == (2, 1) and task.lr_scale == pytest.approx(0.8)
     assert task.lr_at(0, 0.5) == pytest.approx(0.4)
     task.lr_scale = 0.0021
-    task.after_step(model, check + 2 * task.cfg["check_every"])
+    task.after_step(model, check + 2 * task.cfg.check_every)
     assert task.finished
 
 
@@ -171,11 +172,11 @@ def test_curriculum_makes_harder_when_training_accuracy_falls():
     task.stored = [0.9, 0.1, 0.1, 0.1]  # only 4 stored: no decision yet
     with torch.no_grad():
         task.loss(model, task.batch(0, 0, 1))
-    task.after_step(model, task.cfg["check_at"])
+    task.after_step(model, task.cfg.check_at)
     assert task.level == (1, 1) and len(task.stored) == 5
     with torch.no_grad():
         task.loss(model, task.batch(1, 0, 1))
-    task.after_step(model, task.cfg["check_at"] + task.cfg["check_every"])  # 0.9 > current
+    task.after_step(model, task.cfg.check_at + task.cfg.check_every)  # 0.9 > current
     assert task.level == (2, 1)
 
 

@@ -153,7 +153,7 @@ def test_experiment_rows_with_the_authors_sigma_build_it(experiment, row, other)
     from noisyact.experiments import get
 
     exp = get(experiment)
-    cfg = dict(exp.presets["smoke"])
+    cfg = exp.presets["smoke"]
     assert row in exp.rows and other in exp.rows
     built = {}
     for r in (row, other):

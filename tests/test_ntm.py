@@ -2,6 +2,7 @@
 
 import itertools
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -58,8 +59,7 @@ def test_batches_are_left_aligned_with_18_masked_bits_each():
 
 
 def test_curriculum_upper_bound():
-    task = ar.RecallTask("regular", {**ar.PRESETS["smoke"], "max_items": 16,
-                                     "batch_size": 128}, 0)
+    task = ar.RecallTask("regular", replace(ar.PRESETS["smoke"], max_items=16, batch_size=128), 0)
     assert task.upper_bound(0) == 11  # ⌊0.72 · 16⌋
     assert task.upper_bound(3499) == 15 and task.upper_bound(3500) == 16  # 448k examples
     assert task.upper_bound(10**6) == 16

@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import stat
+from dataclasses import replace
 
 import pytest
 import torch
@@ -56,13 +57,12 @@ def test_overwrite_starts_over(tmp_path, capsys):
 def test_a_partial_run_is_not_restarted_without_resume(tmp_path, capsys):
     out = tmp_path / "D"
     exp = get("gaussians")
-    cfg = {**exp.presets["smoke"], "rows": ["tanh"], "steps": 20, "eval_every": 10,
-           "ckpt_every": 10}
+    cfg = replace(exp.presets["smoke"], rows=("tanh",), steps=20, eval_every=10, ckpt_every=10)
     from noisyact.training import train
 
     run_dir = out / "tanh" / "seed0"
     RunFolder(out).write_config({"experiment": "gaussians", "preset": "smoke", "seeds": 1,
-                                 "settings": {**cfg}, "provenance": provenance()})
+                                 "settings": cfg.to_dict(), "provenance": provenance()})
     train(exp.make_task("tanh", cfg, 0), exp.train_config(cfg, 0), run_dir, progress=False,
           stop_at=10)
     metrics = (run_dir / "metrics.jsonl").read_text()

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -11,12 +12,14 @@ import torch
 from noisyact import cli, experiments
 from noisyact.experiments import unique_count
 from noisyact.experiments.base import parse_overrides
+from noisyact.experiments.config import ExperimentConfig, optional
 from noisyact.training import load_checkpoint, train
 from noisyact.training.checkpoint import CheckpointError, atomic_save
 
 
 def _smoke_cfg(**kw):
-    return {**unique_count.PRESETS["smoke"], "steps": 24, "ckpt_every": 8, "eval_every": 8, **kw}
+    return replace(unique_count.PRESETS["smoke"], **{"steps": 24, "ckpt_every": 8, "eval_every": 8,
+                                                     **kw})
 
 
 @pytest.mark.parametrize("row", ["NAN-annealed", "curriculum"])
@@ -63,14 +66,36 @@ def test_curriculum_lengths():
     assert unique_count.UniqueCountTask("NAN", _smoke_cfg(), 0).length_at(0) == 26
 
 
+@dataclass(frozen=True)
+class _Toy(ExperimentConfig):
+    steps: int = 10
+    flag: bool = False
+    name: str = "x"
+    limit: int | None = optional()
+    rows: tuple[str, ...] = ("a", "b")
+
+
 def test_overrides():
-    cfg = {"steps": 10, "lr": 0.1, "flag": False, "rows": ["a", "b"], "name": "x"}
-    out = parse_overrides(cfg, ["steps=5", "lr=1e-3", "flag=true", "rows=a", "name=y"])
-    assert out == {"steps": 5, "lr": 1e-3, "flag": True, "rows": ["a"], "name": "y"}
-    with pytest.raises(ValueError, match="unknown setting 'stpes'"):
+    cfg = _Toy(lr=0.1)
+    out = parse_overrides(cfg, ["steps=5", "lr=1e-3", "flag=true", "rows=a", "name=y",
+                                "limit=3"])
+    assert out == replace(cfg, steps=5, lr=1e-3, flag=True, rows=("a",), name="y", limit=3)
+    assert out.to_dict()["rows"] == ["a"] and out.to_dict()["limit"] == 3
+    assert "limit" not in cfg.to_dict()  # an optional setting left at None is not recorded
+    assert parse_overrides(out, ["limit=none"]).limit is None
+    assert isinstance(parse_overrides(cfg, ["lr=1"]).lr, float)  # typed from the field
+    with pytest.raises(ValueError, match="unknown setting 'stpes'; known: batch_size, clip"):
         parse_overrides(cfg, ["stpes=5"])
-    with pytest.raises(ValueError, match="expected a int"):
+    with pytest.raises(ValueError, match="steps='many': expected an int"):
         parse_overrides(cfg, ["steps=many"])
+    with pytest.raises(ValueError, match="flag='yes': expected a bool"):
+        parse_overrides(cfg, ["flag=yes"])
+    with pytest.raises(ValueError, match="not key=value"):
+        parse_overrides(cfg, ["steps"])
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        parse_overrides(cfg, ["steps=0"])
+    with pytest.raises(TypeError, match="steps must be an int, got '5'"):
+        replace(cfg, steps="5")
 
 
 def test_cli_run_report_resume(tmp_path, capsys):
@@ -123,7 +148,7 @@ def test_ptb_pipeline_on_fixture(tmp_path):
                      "--no-progress", "rows=reference,NAH", "epochs=1"]) == 0
     final = json.loads((out / "NAH" / "seed0" / "final.json").read_text())
     assert 1 < final["test_ppl"] < 100 and final["train_tokens_per_s"] > 0
-    task = ptb.PTBTask("NAH", {**ptb.PRESETS["smoke"], "data_dir": data}, 0)
+    task = ptb.PTBTask("NAH", replace(ptb.PRESETS["smoke"], data_dir=data), 0)
     assert task.lr_at(0, 1.0) == 1.0 and task.lr_at(task.steps_per_epoch, 1.0) == 0.5
 
 

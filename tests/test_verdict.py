@@ -107,7 +107,7 @@ def _fake_ptb_folder(root: Path, name: str, values: dict[str, list[float]]) -> P
     folder = root / name
     rows = list(values)
     cfg = {"experiment": "ptb", "preset": "paper", "seeds": max(map(len, values.values())),
-           "settings": {**publish.get("ptb").presets["paper"], "rows": rows},
+           "settings": {**publish.get("ptb").presets["paper"].to_dict(), "rows": rows},
            "provenance": {"commit": "0123456789abcdef", "torch": "2.13.0+cpu",
                           "noise_source": "kernel", "dirty": False},
            "created": "2026-11-29T21:00:00Z"}

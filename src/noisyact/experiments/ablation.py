@@ -45,11 +45,13 @@ The ablated units are plain ``nn.Module`` s (not subclasses of the library's noi
 layer holding one runs the reference per-step loop through its modules.
 
 Tasks: ``task=unique-count`` (§6.6a, data and model of :mod:`.unique_count`) or ``task=ptb``
-(§6.3, :mod:`.ptb`'s task and language model; its settings are the ``ptb_*`` keys). The final
-metric ``test_score`` is the test error % (unique-count) or the test perplexity (ptb).
+(§6.3, :mod:`.ptb`'s task and language model; its settings are a :class:`~.ptb.PTBConfig`, the
+``ptb_*`` keys). The final metric ``test_score`` is the test error % (unique-count) or the test
+perplexity (ptb). Each row is a :class:`Row` of ``ROWS``: what it changes in the units.
 
-Length: the ablated units (one small module per switched-off part), the rows and the grid, and
-the figures of the study live together so that one file shows the whole study (~520 lines).
+Length: the ablated units (one small module per switched-off part), the rows and the grid, the
+settings and the figures of the study live together so that one file shows the whole study
+(~560 lines).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from __future__ import annotations
 import math
 import re
 import statistics
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +71,11 @@ from ..rnn import NoisyLSTM
 from ..saturating import HARD_SIGMOID, HARD_TANH, Saturating
 from ..training.report import collect
 from .base import BaseTask, Claim, ClassificationTask, Experiment, batch_generator, uniform_init_
-from .unique_count import PRESETS as UC_PRESETS
+from .config import StepsConfig
+from .ptb import EXPERIMENT as PTB_EXPERIMENT
+from .ptb import PRESETS as PTB_PRESETS
+from .ptb import LanguageModel, PTBConfig, PTBTask
+from .unique_count import QUICK as UC_QUICK
 from .unique_count import UniqueCountModel, make_batch
 
 # --- the ablated units ---------------------------------------------------------------------------
@@ -193,7 +200,6 @@ class DropoutNoise(nn.Module):
 # --- rows ----------------------------------------------------------------------------------------
 
 GATE_ALPHA, UNIT_ALPHA, C = 1.1, 1.15, 0.5  # the library's defaults (authors' code)
-LIBRARY_ROWS = ("NAN", "NAH", "hard", "NANI", "NANIL", "NANIL-authors")
 ABLATION_ROWS = ("NAN", "NAH", "hard", "p-fixed", "p-one", "sigma-const", "d-random",
                  "d-outward", "NANI", "NANIL", "NANIL-authors", "dropout-noise")
 GRID_C = (0.05, 0.15, 0.5, 1.0, 2.0, 5.0, 30.0)
@@ -216,22 +222,53 @@ def parse_grid_row(row: str) -> tuple[float, float] | None:
 
 GRID_ROWS = tuple(grid_row(c, a) for c in GRID_C for a in GRID_ALPHA)
 COARSE_ROWS = tuple(grid_row(c, a) for c in COARSE_C for a in COARSE_ALPHA)
-ROWS = ABLATION_ROWS + GRID_ROWS
 
 
-def _units(row: str, H: int) -> dict[str, nn.Module] | None:
+@dataclass(frozen=True)
+class Row:
+    """What a row changes in the units of its NoisyLSTM (the module docstring's table)."""
+
+    variant: str = "NAN"  # the library variant the layer is built with
+    c: float | None = C  # c of gates and units; None: the variant's library default
+    alpha: tuple[float, float] | None = (GATE_ALPHA, UNIT_ALPHA)  # α of (gates, units); None: default
+    p: str = "learned"  # the noise parameters p: "learned", "fixed" (frozen init) or "one" (= 1)
+    unit: str = "library"  # the units: "library", "ablated" (AblatedOutputNoise) or "dropout"
+    sigma: str = "eq9"  # ablated units: σ(x) of Eq. 9 or "const" (σ̄)
+    direction: str = "inward"  # ablated units: d(x) "inward" (§4.2), "random" or "outward"
+    half_normal: bool = False  # ablated units: ε = |ξ| (else ξ)
+
+
+_LIBRARY = {"c": None, "alpha": None}  # the library's units with their default α and c
+ROWS: dict[str, Row] = {
+    "NAN": Row(),
+    "NAH": Row("NAH"),
+    "hard": Row("hard", **_LIBRARY),
+    "p-fixed": Row(p="fixed"),
+    "p-one": Row(p="one"),
+    "sigma-const": Row(unit="ablated", sigma="const"),
+    "d-random": Row(unit="ablated", direction="random", half_normal=True),
+    "d-outward": Row(unit="ablated", direction="outward", half_normal=True),
+    "NANI": Row("NANI", **_LIBRARY),
+    "NANIL": Row("NANIL", **_LIBRARY),
+    "NANIL-authors": Row("NANIL-authors", **_LIBRARY),
+    "dropout-noise": Row(unit="dropout"),
+    **{grid_row(c, a): Row(c=c, alpha=(a, a)) for c in GRID_C for a in GRID_ALPHA},
+}  # in the order ABLATION_ROWS + GRID_ROWS
+
+
+def _units(row: Row, H: int) -> dict[str, nn.Module] | None:
     """The ablated units (gate, cand, cell) of a row, or None when the row keeps the library's."""
-    gate, unit = (HARD_SIGMOID, 3 * H, GATE_ALPHA), (HARD_TANH, H, UNIT_ALPHA)
-    names = ("gate", "cand", "cell")
-    specs = (gate, unit, unit)
-    if row == "dropout-noise":
-        return {n: DropoutNoise(fn, k, c=C) for n, (fn, k, _) in zip(names, specs, strict=True)}
-    opts = {"sigma-const": {"sigma": "const"},
-            "d-random": {"direction": "random", "half_normal": True},
-            "d-outward": {"direction": "outward", "half_normal": True}}.get(row)
-    if opts is None:
+    if row.unit == "library":
         return None
-    return {n: AblatedOutputNoise(fn, k, alpha=a, c=C, **opts)
+    assert row.c is not None and row.alpha is not None
+    gate_alpha, unit_alpha = row.alpha
+    names = ("gate", "cand", "cell")
+    specs = ((HARD_SIGMOID, 3 * H, gate_alpha), (HARD_TANH, H, unit_alpha),
+             (HARD_TANH, H, unit_alpha))
+    if row.unit == "dropout":
+        return {n: DropoutNoise(fn, k, c=row.c) for n, (fn, k, _) in zip(names, specs, strict=True)}
+    return {n: AblatedOutputNoise(fn, k, alpha=a, c=row.c, sigma=row.sigma,
+                                  direction=row.direction, half_normal=row.half_normal)
             for n, (fn, k, a) in zip(names, specs, strict=True)}
 
 
@@ -243,29 +280,25 @@ def build_rnn(row: str, input_size: int, hidden: int, *, num_layers: int = 1,
     ``noise_l{k}.gate`` (all gates side by side, p of shape (3H,)), ``.cand`` and ``.cell`` of
     every layer by the modules above, which makes the layer run its per-step reference loop.
     """
-    kw: dict[str, Any] = {"num_layers": num_layers, "dropout": dropout, "batch_first": batch_first}
-    grid = parse_grid_row(row)
-    if grid is not None:
-        c, a = grid
-        return NoisyLSTM(input_size, hidden, variant="NAN", gate_alpha=a, unit_alpha=a,
-                         gate_c=c, unit_c=c, **kw)
-    if row in LIBRARY_ROWS and row not in ("NAN", "NAH"):
-        return NoisyLSTM(input_size, hidden, variant=row, **kw)  # library default c
     if row not in ROWS:
         raise ValueError(f"unknown row {row!r}")
-    variant = "NAH" if row == "NAH" else "NAN"
-    rnn = NoisyLSTM(input_size, hidden, variant=variant, gate_alpha=GATE_ALPHA,
-                    unit_alpha=UNIT_ALPHA, gate_c=C, unit_c=C, **kw)
+    spec = ROWS[row]
+    kw: dict[str, Any] = {"num_layers": num_layers, "dropout": dropout, "batch_first": batch_first}
+    if spec.alpha is not None:
+        kw["gate_alpha"], kw["unit_alpha"] = spec.alpha
+    if spec.c is not None:
+        kw["gate_c"] = kw["unit_c"] = spec.c
+    rnn = NoisyLSTM(input_size, hidden, variant=spec.variant, **kw)
     for layer in range(num_layers):
         acts = getattr(rnn, f"noise_l{layer}")
-        if row in ("p-fixed", "p-one"):
+        if spec.p != "learned":
             for name in ("gate", "cand", "cell"):
                 p = getattr(acts, name).p
-                if row == "p-one":
+                if spec.p == "one":
                     with torch.no_grad():
                         p.fill_(1.0)
                 p.requires_grad_(False)
-        units = _units(row, hidden)
+        units = _units(spec, hidden)
         if units is not None:
             for name, module in units.items():
                 setattr(acts, name, module)
@@ -289,22 +322,23 @@ def plateau_update(history: list[dict[str, Any]], threshold: float = PLATEAU_ERR
 class UniqueCountAblationTask(ClassificationTask):
     """§6.6a's task (:mod:`.unique_count`'s data and model) with the row's LSTM units."""
 
-    def __init__(self, row: str, cfg: dict[str, Any], seed: int) -> None:
+    def __init__(self, row: str, cfg: AblationConfig, seed: int) -> None:
         self.row, self.cfg, self.seed = row, cfg, seed
         self.eval_sets = {  # the same fixed sets as the unique-count experiment
-            split: make_batch(cfg[f"{split}_size"], cfg["length"], cfg["vocab"],
+            split: make_batch(size, cfg.length, cfg.vocab,
                               torch.Generator().manual_seed(10_000 + i))
-            for i, split in enumerate(("valid", "test"))
+            for i, (split, size) in enumerate((("valid", cfg.valid_size),
+                                               ("test", cfg.test_size)))
         }
 
     def build_model(self) -> nn.Module:
         c = self.cfg
-        rnn = build_rnn(self.row, c["vocab"], c["hidden"], batch_first=True)
-        return UniqueCountModel(c["vocab"], c["hidden"], c["mlp"], rnn)
+        rnn = build_rnn(self.row, c.vocab, c.hidden, batch_first=True)
+        return UniqueCountModel(c.vocab, c.hidden, c.mlp, rnn)
 
     def batch(self, step: int, rank: int, world_size: int) -> tuple[Tensor, Tensor]:
         gen = batch_generator(self.seed, step, rank)
-        return make_batch(self.cfg["batch_size"], self.cfg["length"], self.cfg["vocab"], gen)
+        return make_batch(self.cfg.batch_size, self.cfg.length, self.cfg.vocab, gen)
 
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         metrics = super().evaluate(model, split)
@@ -316,77 +350,75 @@ class UniqueCountAblationTask(ClassificationTask):
         return {"plateau_update": step, "left_plateau": 0.0 if step is None else 1.0}
 
 
-def ptb_settings(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The PTB task's settings: the ``ptb_*`` keys without their prefix, and the rows."""
-    out = {k[len("ptb_"):]: v for k, v in cfg.items() if k.startswith("ptb_")}
-    out["rows"] = list(cfg.get("rows") or [])
-    return out
+class PTBAblationTask(PTBTask):
+    """§6.3's task and language model (:mod:`.ptb`) with the row's LSTM units."""
 
+    def build_model(self) -> nn.Module:
+        c = self.cfg
+        model = LanguageModel(len(self.vocab), c, "hard")
+        drop = c.dropout if c.layers > 1 else 0.0
+        model.rnn = build_rnn(self.row, c.emb, c.hidden, num_layers=c.layers, dropout=drop)
+        uniform_init_(model.rnn, c.init)  # Zaremba's U(±init) as in LanguageModel; p keep U(±1)
+        return model
 
-def _ptb_task(row: str, cfg: dict[str, Any], seed: int) -> BaseTask:
-    from .ptb import LanguageModel, PTBTask
-
-    class PTBAblationTask(PTBTask):
-        """§6.3's task and language model (:mod:`.ptb`) with the row's LSTM units."""
-
-        def build_model(self) -> nn.Module:
-            c = self.cfg
-            model = LanguageModel(len(self.vocab), c, "hard")
-            drop = c["dropout"] if c["layers"] > 1 else 0.0
-            model.rnn = build_rnn(self.row, c["emb"], c["hidden"], num_layers=c["layers"],
-                                  dropout=drop)
-            uniform_init_(model.rnn, c["init"])  # Zaremba's U(±init) as in LanguageModel; p keep U(±1)
-            return model
-
-        def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
-            metrics = super().evaluate(model, split)
-            return {**metrics, "score": metrics["ppl"]}
-
-    return PTBAblationTask(row, ptb_settings(cfg), seed)
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        metrics = super().evaluate(model, split)
+        return {**metrics, "score": metrics["ppl"]}
 
 
 TASKS = ("unique-count", "ptb")
 
 
-def make_ablation_task(row: str, cfg: dict[str, Any], seed: int) -> BaseTask:
-    """The task of ``cfg["task"]`` for one (row, seed)."""
-    if cfg["task"] not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {cfg['task']!r}")
+def make_ablation_task(row: str, cfg: AblationConfig, seed: int) -> BaseTask:
+    """The task of ``cfg.task`` for one (row, seed)."""
+    if cfg.task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
     if row not in ROWS:
         raise ValueError(f"unknown row {row!r}")
-    if cfg["task"] == "ptb":
-        return _ptb_task(row, cfg, seed)
+    if cfg.task == "ptb":
+        return PTBAblationTask(row, cfg.ptb, seed)
     return UniqueCountAblationTask(row, cfg, seed)
 
 
-# --- presets -------------------------------------------------------------------------------------
+# --- settings and presets ------------------------------------------------------------------------
 
-def _ptb_keys(size: str) -> dict[str, Any]:
-    from .ptb import PRESETS as PTB_PRESETS
+@dataclass(frozen=True)
+class AblationConfig(StepsConfig):
+    """Settings of the ablation (defaults: the quick preset, unique-count's quick budget).
+    ``task=ptb`` trains §6.3's language model instead, with the settings of ``ptb``."""
 
-    keep = {k: v for k, v in PTB_PRESETS[size].items() if k not in ("rows", "seeds")}
-    return {f"ptb_{k}": v for k, v in keep.items()}
+    rows: tuple[str, ...] = ABLATION_ROWS
+    seeds: int = 3
+    batch_size: int = UC_QUICK.batch_size
+    optimizer: str = UC_QUICK.optimizer
+    lr: float = UC_QUICK.lr
+    clip: float = UC_QUICK.clip
+    log_every: int = UC_QUICK.log_every
+    steps: int = UC_QUICK.steps
+    eval_every: int = UC_QUICK.eval_every
+    ckpt_every: int = UC_QUICK.ckpt_every
+    task: str = "unique-count"  # the task: "unique-count" (§6.6a) or "ptb" (§6.3)
+    length: int = UC_QUICK.length  # unique-count: integers per sequence
+    vocab: int = UC_QUICK.vocab  # unique-count: the integers are 0 … vocab − 1
+    hidden: int = UC_QUICK.hidden  # unique-count: LSTM units
+    mlp: int = UC_QUICK.mlp  # unique-count: units of the ReLU layer after the pooling
+    valid_size: int = UC_QUICK.valid_size  # unique-count: validation sequences
+    test_size: int = UC_QUICK.test_size  # unique-count: test sequences
+    ptb: PTBConfig = PTB_PRESETS["quick"]  # task=ptb: its settings (``ptb_<setting>``)
 
 
-_UC = {k: v for k, v in UC_PRESETS["quick"].items()
-       if k not in ("rows", "c0", "c_floor", "c_fixed", "curriculum_min", "curriculum_frac",
-                    "anneal_every")}
-_SMOKE = {**_UC, "hidden": 8, "mlp": 8, "steps": 20, "eval_every": 10, "ckpt_every": 10,
-          "valid_size": 200, "test_size": 200}
+QUICK = AblationConfig()  # the ablation rows at the unique-count quick budget, 3 seeds
 
-PRESETS: dict[str, dict[str, Any]] = {
+PRESETS = {
     # seconds: every ablation row and two grid cells (so that the figures are drawn)
-    "smoke": {"task": "unique-count", **_SMOKE, **_ptb_keys("smoke"), "seeds": 1,
-              "rows": [*ABLATION_ROWS, grid_row(0.5, 1.15), grid_row(5.0, 1.0)]},
-    # the ablation rows at the unique-count quick budget (3000 updates), 3 seeds
-    "quick": {"task": "unique-count", **_UC, **_ptb_keys("quick"), "seeds": 3,
-              "rows": list(ABLATION_ROWS)},
+    "smoke": replace(QUICK, hidden=8, mlp=8, steps=20, eval_every=10, ckpt_every=10,
+                     valid_size=200, test_size=200, ptb=PTB_PRESETS["smoke"], seeds=1,
+                     rows=(*ABLATION_ROWS, grid_row(0.5, 1.15), grid_row(5.0, 1.0))),
+    "quick": QUICK,
     # the sensitivity grid: 7 c × 6 α × 3 seeds of NAN at the quick budget
-    "grid": {"task": "unique-count", **_UC, **_ptb_keys("quick"), "seeds": 3,
-             "rows": list(GRID_ROWS)},
+    "grid": replace(QUICK, rows=GRID_ROWS),
     # a 3 × 3 grid (for task=ptb, or a first look)
-    "grid-coarse": {"task": "unique-count", **_UC, **_ptb_keys("quick"), "seeds": 3,
-                    "rows": list(COARSE_ROWS)},
+    "grid-coarse": replace(QUICK, rows=COARSE_ROWS),
 }
 
 
@@ -395,27 +427,25 @@ PRESETS: dict[str, dict[str, Any]] = {
 class Ablation(Experiment):
     """Dispatches the loop settings on ``task`` and draws the grid's figures."""
 
-    def make_task(self, row: str, cfg: dict[str, Any], seed: int) -> Any:
+    def make_task(self, row: str, cfg: AblationConfig, seed: int) -> Any:
         return make_ablation_task(row, cfg, seed)
 
-    def train_config(self, cfg: dict[str, Any], seed: int):  # type: ignore[no-untyped-def]
-        if cfg.get("task") == "ptb":  # steps come from the data, as in the ptb experiment
-            from .ptb import EXPERIMENT as PTB_EXPERIMENT
+    def train_config(self, cfg: AblationConfig, seed: int, **loop: Any):  # type: ignore[no-untyped-def]
+        if cfg.task == "ptb":  # steps come from the data, as in the ptb experiment
+            return PTB_EXPERIMENT.train_config(cfg.ptb, seed, **loop)
+        return super().train_config(cfg, seed, **loop)
 
-            return PTB_EXPERIMENT.train_config(ptb_settings(cfg), seed)
-        return super().train_config(cfg, seed)
-
-    def figures(self, out_dir: Path, cfg: dict[str, Any]) -> list[str]:
-        return grid_figures(out_dir, list(cfg.get("rows") or []), cfg.get("task", "unique-count"))
+    def figures(self, out_dir: Path, cfg: AblationConfig) -> list[str]:
+        return grid_figures(out_dir, list(cfg.rows), cfg.task)
 
 
 def _cells(out_dir: Path, rows: list[str]) -> dict[tuple[float, float], dict[str, list[float]]]:
-    grid = [r for r in rows if parse_grid_row(r) is not None]
     cells = {}
-    for rr in collect(out_dir, grid):
-        key = parse_grid_row(rr.row)
-        assert key is not None
-        cells[key] = {"score": rr.values("test_score"), "left": rr.values("left_plateau")}
+    for rr in collect(out_dir, [r for r in rows if r in GRID_ROWS]):
+        row = ROWS[rr.row]
+        assert row.c is not None and row.alpha is not None
+        cells[(row.c, row.alpha[0])] = {"score": rr.values("test_score"),
+                                        "left": rr.values("left_plateau")}
     return cells
 
 
@@ -514,7 +544,7 @@ EXPERIMENT = Ablation(
         "seeds."
     ),
     presets=PRESETS,
-    rows=ROWS,
+    rows=tuple(ROWS),
     columns=[("test_score", "test score"),
              ("plateau_update", "updates to leave the plateau (seeds that left)"),
              ("left_plateau", "fraction of seeds that left the plateau")],

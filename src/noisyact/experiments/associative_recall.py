@@ -25,6 +25,7 @@ A run whose loss turns NaN is reported as failed, not dropped.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -32,42 +33,66 @@ from torch import Tensor, nn
 
 from ..anneal import InverseSqrt, NoiseAnnealer
 from .base import BaseTask, Claim, Experiment, batch_generator, model_device
+from .config import StepsConfig
 from .ntm import NTM
 
-ROWS = ("regular", "noisy-annealed")
+# row -> whether its controller is noisy (NoisyLSTMCell, c annealed) rather than nn.LSTMCell
+ROWS = {"regular": False, "noisy-annealed": True}
 BITS, CHANNELS, ITEM_LEN = 6, 8, 3
 
-_COMMON = {"min_items": 2, "max_items": 6, "controller": "lstm", "hidden": 100, "reads": 1,
-           "memory_slots": 128, "memory_width": 20, "variant": "NAN", "c0": 30.0,
-           "c_floor": 0.5, "anneal_every": 200.0, "curriculum": True,
-           "curriculum_slope": 1e-5, "batch_size": 32,
-           "valid_size": 512, "solved_nll": 0.1, "compile": True, "log_every": 50, "rows": list(ROWS)}
+
+@dataclass(frozen=True)
+class RecallConfig(StepsConfig):
+    """Settings of associative recall (defaults: the long preset, Graves' 2-6 items)."""
+
+    rows: tuple[str, ...] = tuple(ROWS)
+    seeds: int = 3
+    clip: float = 50.0
+    log_every: int = 50
+    steps: int = 20_000
+    eval_every: int = 250
+    ckpt_every: int = 500
+    clip_value: float = 0.0  # clip every gradient component to ±clip_value first; 0: off
+    min_items: int = 2  # items per episode: at least
+    max_items: int = 6  # items per episode: at most (validation: always max_items)
+    controller: str = "lstm"  # the NTM's controller
+    hidden: int = 100  # controller units
+    reads: int = 1  # read heads
+    memory_slots: int = 128  # memory rows
+    memory_width: int = 20  # memory columns
+    variant: str = "NAN"  # noise of the noisy controller's units
+    c0: float = 30.0  # noisy row: c at t = 0
+    c_floor: float = 0.5  # noisy row: the lowest c
+    anneal_every: float = 4.5  # noisy row: updates per step of t
+    curriculum: bool = True  # grow the largest item count with the examples seen
+    curriculum_slope: float = 1e-5  # curriculum: items added per example seen
+    valid_size: int = 512  # validation episodes (a fixed set)
+    solved_nll: float = 0.1  # validation NLL below which a run counts as solved
+    compile: bool = True  # compile the NTM's step (torch.compile)
+
+
+# Graves' 2-6 items with dntm's curriculum (slope 1e-5, batch 32: all 6 items from update
+# 6250), Adam 1e-3 and a global clip of 50 as quick, 20,000 updates and 3 seeds. The floor
+# of c (t = 3599) is reached at update ⌈3599 · 4.5⌉ = 16,196 (81 %): in the last third.
+# About 9 (noisy) to 12 (regular) updates/s on one CPU thread with 2-6 items: ≈ 40 min per
+# run, ≈ 2 h for the 6 runs with --jobs 2.
+LONG = RecallConfig()
 
 PRESETS = {
-    "smoke": {**_COMMON, "max_items": 3, "hidden": 16, "memory_slots": 16, "memory_width": 8,
-              "batch_size": 8, "valid_size": 32, "steps": 12, "eval_every": 6, "ckpt_every": 6,
-              "log_every": 3, "anneal_every": 1.0, "optimizer": "adam", "lr": 1e-3,
-              "clip": 50.0, "clip_value": 0.0, "compile": False, "seeds": 1},
+    "smoke": replace(LONG, max_items=3, hidden=16, memory_slots=16, memory_width=8,
+                     batch_size=8, valid_size=32, steps=12, eval_every=6, ckpt_every=6,
+                     log_every=3, anneal_every=1.0, compile=False, seeds=1),
     # 2-4 items and a 5× faster item curriculum, so that 3000 updates can show something.
     # c_t = max(0.5, 30/√(t+1)) reaches its 0.5 floor at t = 3599, i.e. at update
     # ⌈3599 · anneal_every⌉: 0.75 puts it at update 2700 of 3000 (90 %), so c does go 30 → 0.5
     # within the budget (anneal_every = 1.0, used before, ended at c ≈ 0.55)
-    "quick": {**_COMMON, "max_items": 4, "curriculum_slope": 5e-5, "steps": 3000,
-              "eval_every": 100, "ckpt_every": 250,
-              "anneal_every": 0.75, "optimizer": "adam", "lr": 1e-3, "clip": 50.0,
-              "clip_value": 0.0, "seeds": 3},
-    # Graves' 2-6 items with dntm's curriculum (slope 1e-5, batch 32: all 6 items from update
-    # 6250), Adam 1e-3 and a global clip of 50 as quick, 20,000 updates and 3 seeds. The floor
-    # of c (t = 3599) is reached at update ⌈3599 · 4.5⌉ = 16,196 (81 %): in the last third.
-    # About 9 (noisy) to 12 (regular) updates/s on one CPU thread with 2-6 items: ≈ 40 min per
-    # run, ≈ 2 h for the 6 runs with --jobs 2.
-    "long": {**_COMMON, "max_items": 6, "curriculum_slope": 1e-5, "steps": 20_000,
-             "eval_every": 250, "ckpt_every": 500, "anneal_every": 4.5, "optimizer": "adam",
-             "lr": 1e-3, "clip": 50.0, "clip_value": 0.0, "seeds": 3},
-    "paper": {**_COMMON, "max_items": 16, "batch_size": 128, "valid_size": 1024,
-              "steps": 100_000, "eval_every": 1000, "ckpt_every": 1000,
-              "optimizer": "rmsprop-graves", "lr": 1e-4, "clip": 0.0, "clip_value": 10.0,
-              "seeds": 3},
+    "quick": replace(LONG, max_items=4, curriculum_slope=5e-5, steps=3000, eval_every=100,
+                     ckpt_every=250, anneal_every=0.75),
+    "long": LONG,
+    # the NTM paper's setting: 2-16 items, Graves' RMSProp, components clipped to ±10
+    "paper": replace(LONG, max_items=16, batch_size=128, valid_size=1024, steps=100_000,
+                     eval_every=1000, ckpt_every=1000, anneal_every=200.0,
+                     optimizer="rmsprop-graves", lr=1e-4, clip=0.0, clip_value=10.0),
 }
 
 
@@ -111,42 +136,41 @@ def masked_nll(logits: Tensor, y: Tensor, mask: Tensor) -> Tensor:
 
 
 class RecallTask(BaseTask):
-    def __init__(self, row: str, cfg: dict[str, Any], seed: int) -> None:
-        if not 2 <= cfg["min_items"] <= cfg["max_items"]:
-            raise ValueError(f"need 2 <= min_items <= max_items, got {cfg['min_items']} and "
-                             f"{cfg['max_items']}")
+    def __init__(self, row: str, cfg: RecallConfig, seed: int) -> None:
+        if not 2 <= cfg.min_items <= cfg.max_items:
+            raise ValueError(f"need 2 <= min_items <= max_items, got {cfg.min_items} and "
+                             f"{cfg.max_items}")
         self.row, self.cfg, self.seed = row, cfg, seed
+        self.noisy = ROWS[row]
         gen = torch.Generator().manual_seed(99_991)  # the same validation set for every run
-        self.valid = make_batch([cfg["max_items"]] * cfg["valid_size"], gen)
+        self.valid = make_batch([cfg.max_items] * cfg.valid_size, gen)
         self.tokens_per_step = 0
 
     def build_model(self) -> nn.Module:
         c = self.cfg
-        return NTM(CHANNELS, CHANNELS, c["controller"], c["hidden"],
-                   noisy=self.row != "regular", variant=c["variant"],
-                   memory_size=(c["memory_slots"], c["memory_width"]), reads=c["reads"],
-                   compile_step=c["compile"])
+        return NTM(CHANNELS, CHANNELS, c.controller, c.hidden, noisy=self.noisy,
+                   variant=c.variant, memory_size=(c.memory_slots, c.memory_width),
+                   reads=c.reads, compile_step=c.compile)
 
     def annealer(self, model: nn.Module) -> NoiseAnnealer | None:
-        if self.row == "regular":
+        if not self.noisy:
             return None
         c = self.cfg
-        return NoiseAnnealer(model, InverseSqrt(c["c0"], every=c["anneal_every"],
-                                                floor=c["c_floor"]))
+        return NoiseAnnealer(model, InverseSqrt(c.c0, every=c.anneal_every, floor=c.c_floor))
 
     def upper_bound(self, step: int, world_size: int = 1) -> int:
         """The curriculum's largest item count after ``step`` updates."""
         c = self.cfg
-        if not c["curriculum"]:
-            return c["max_items"]
-        seen = step * c["batch_size"] * world_size
-        ub = int(0.72 * c["max_items"] + c["curriculum_slope"] * seen)
-        return max(c["min_items"], min(ub, c["max_items"]))
+        if not c.curriculum:
+            return c.max_items
+        seen = step * c.batch_size * world_size
+        ub = int(0.72 * c.max_items + c.curriculum_slope * seen)
+        return max(c.min_items, min(ub, c.max_items))
 
     def batch(self, step: int, rank: int, world_size: int) -> tuple[Tensor, Tensor, Tensor]:
         gen = batch_generator(self.seed, step, rank)
         ub = self.upper_bound(step, world_size)
-        counts = torch.randint(self.cfg["min_items"], ub + 1, (self.cfg["batch_size"],),
+        counts = torch.randint(self.cfg.min_items, ub + 1, (self.cfg.batch_size,),
                                generator=gen).tolist()
         return make_batch(counts, gen)
 
@@ -174,7 +198,7 @@ class RecallTask(BaseTask):
     def summarize(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         """Updates until the validation NLL first fell below ``solved_nll``."""
         hit = [r["step"] for r in history
-               if r.get("valid_nll") is not None and r["valid_nll"] < self.cfg["solved_nll"]]
+               if r.get("valid_nll") is not None and r["valid_nll"] < self.cfg.solved_nll]
         return {"updates_to_solve": hit[0] if hit else None, "solved": 1.0 if hit else 0.0}
 
 
@@ -193,7 +217,7 @@ EXPERIMENT = Experiment(
         "fraction of seeds that did)."
     ),
     presets=PRESETS,
-    rows=ROWS,
+    rows=tuple(ROWS),
     columns=[("valid_nll", "valid NLL"), ("valid_bit_errors", "wrong bits / episode"),
              ("updates_to_solve", "updates to solve"), ("solved", "solved")],
     curve=("valid_nll", "validation NLL"),

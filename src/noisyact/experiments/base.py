@@ -1,9 +1,12 @@
-"""What every experiment is: presets, rows, a task per (row, seed), and its report."""
+"""What every experiment is: presets, rows, a task per (row, seed), and its report.
+
+An experiment's settings are a typed, frozen config (:mod:`.config`); its presets are instances
+of it and ``key=value`` overrides make a new one. Tasks get that config and read attributes.
+"""
 
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -11,7 +14,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +28,9 @@ from ..training.runfolder import RunFolder, command_line, provenance
 from ..training.task import Task
 from ..training.trainer import TrainConfig, train
 from ..training.verdict import Claim, verdict_table
+from .config import ExperimentConfig, check_settings
+
+C = TypeVar("C", bound=ExperimentConfig)
 
 PRESETS = ("smoke", "quick", "paper")
 
@@ -90,18 +96,20 @@ class ClassificationTask(BaseTask):
 class Experiment:
     """A paper experiment: presets (smoke, quick, paper), rows, metrics and the paper's numbers.
 
-    ``task`` builds the task of a (row, seed); subclasses may add figures in :meth:`figures`.
+    ``presets`` are instances of the experiment's config class (every preset of one class);
+    ``task`` builds the task of a (row, seed) from such a config; subclasses may add figures in
+    :meth:`figures`.
     """
 
     name: str
     description: str
-    presets: dict[str, dict[str, Any]]
+    presets: dict[str, ExperimentConfig]
     rows: tuple[str, ...]
     columns: list[tuple[str, str]]  # (final.json key, label) shown in results.md
     curve: tuple[str, str]  # (metrics.jsonl key, label) plotted against updates
     paper: dict[str, dict[str, str]] = field(default_factory=dict)
     notes: str = ""
-    task: Callable[[str, dict[str, Any], int], Any] | None = None  # (row, cfg, seed) -> task
+    task: Callable[[str, Any, int], Any] | None = None  # (row, config, seed) -> task
     # the paper's claims on this experiment, the headline first; judged in every report
     claims: tuple[Claim, ...] = ()
     paper_table: str = ""  # where the paper reports it ("Table 2", "Fig. 9")
@@ -119,94 +127,35 @@ class Experiment:
                     rr.finals[i] = {**self.from_history(curve), **final}
         return results
 
-    def make_task(self, row: str, cfg: dict[str, Any], seed: int) -> Any:
+    @property
+    def config_class(self) -> type[ExperimentConfig]:
+        """The class of this experiment's settings (that of its presets)."""
+        return type(next(iter(self.presets.values())))
+
+    def config_of(self, settings: dict[str, Any]) -> ExperimentConfig:
+        """The config of recorded settings (a run folder's ``config.json``)."""
+        return self.config_class.from_dict(settings)
+
+    def make_task(self, row: str, cfg: Any, seed: int) -> Any:
         """The task of one (row, seed)."""
         if self.task is None:
             raise NotImplementedError(f"{self.name}: no task class")
         return self.task(row, cfg, seed)
 
-    def train_config(self, cfg: dict[str, Any], seed: int) -> TrainConfig:
-        keys = TrainConfig.__dataclass_fields__.keys()
-        return TrainConfig(**{k: v for k, v in cfg.items() if k in keys and k != "seed"},
-                           seed=seed)
+    def train_config(self, cfg: Any, seed: int, **loop: Any) -> TrainConfig:
+        """The loop settings of ``cfg`` (``steps``, ``lr``, ...), ``loop`` replacing some."""
+        return TrainConfig(**{**cfg.loop_settings(), **loop}, seed=seed)
 
-    def figures(self, out_dir: Path, cfg: dict[str, Any]) -> list[str]:
-        """Extra figures (markdown lines) made after all rows finished."""
+    def figures(self, out_dir: Path, cfg: Any) -> list[str]:
+        """Extra figures (markdown lines) made after all rows finished; ``cfg``: the run's
+        config (:meth:`config_of` its recorded settings)."""
         return []
 
 
-def parse_overrides(cfg: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``key=value`` strings, typed like the preset's value (rows: comma-separated)."""
-    cfg = dict(cfg)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
-        key, raw = item.split("=", 1)
-        if key not in cfg:
-            raise ValueError(f"unknown setting {key!r}; known: {', '.join(sorted(cfg))}")
-        old = cfg[key]
-        try:
-            if isinstance(old, bool):
-                if raw.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(raw)
-                value: Any = raw.lower() in ("true", "1")
-            elif isinstance(old, int):
-                value = int(raw)
-            elif isinstance(old, float):
-                value = float(raw)
-            elif isinstance(old, list | tuple):
-                value = [v.strip() for v in raw.split(",") if v.strip()]
-            elif old is None:
-                value = raw
-            else:
-                value = type(old)(raw)
-        except ValueError:
-            raise ValueError(f"{key}={raw!r}: expected a {type(old).__name__}") from None
-        cfg[key] = value
-    return cfg
-
-
-# What the settings shared by the experiments may be (a setting absent from an experiment's
-# presets is not checked). Experiment-specific relations (min_items <= max_items, …) are checked
-# by the task when it is built (see :func:`preflight`).
-_AT_LEAST_1 = ("batch_size", "steps", "seeds", "hidden", "mlp", "emb", "dim", "dim_word",
-               "att_dim", "layers", "bptt", "epochs", "eval_batch", "eval_chunks", "pass_steps",
-               "check_every", "beam", "max_out", "maxlen", "memory_slots", "memory_width", "reads",
-               "image_size", "length", "vocab", "n_train", "n_valid", "n_test", "n_eval",
-               "valid_size", "test_size", "valid_bleu_size", "target_length", "target_nesting",
-               "max_objects", "min_freq", "max_items", "curriculum_min", "eval_every",
-               "ckpt_every", "log_every")
-_AT_LEAST_0 = ("eval_tokens", "max_train_tokens", "eval_size", "train_limit", "check_at",
-               "decay_after")  # 0: off (all) or a count from 0
-_POSITIVE = ("lr", "anneal_every", "c0", "solved_nll", "min_lr", "alpha")
-_NONNEGATIVE = ("clip", "clip_value", "init", "init_std", "ortho_scale", "c_floor", "c_fixed",
-                "c", "alpha_c", "curriculum_slope")
-_FRACTION = ("train_fraction", "curriculum_frac", "decay", "lr_decay", "target_acc")  # (0, 1]
-
-
-def check_settings(cfg: dict[str, Any]) -> None:
-    """Refuse (``ValueError`` naming the setting) a value no row could train with: sizes and
-    counts below 1, negative rates and scales, fractions outside their range, NaN or infinity."""
-    def bad(key: str, what: str) -> ValueError:
-        return ValueError(f"{key} must be {what}, got {cfg[key]!r}")
-
-    for key, v in cfg.items():
-        if isinstance(v, float) and not math.isfinite(v):
-            raise bad(key, "a finite number")
-    for key in _AT_LEAST_1:
-        if key in cfg and not cfg[key] >= 1:
-            raise bad(key, ">= 1")
-    for key in _AT_LEAST_0 + _NONNEGATIVE:
-        if key in cfg and not cfg[key] >= 0:
-            raise bad(key, ">= 0")
-    for key in _POSITIVE:
-        if key in cfg and not cfg[key] > 0:
-            raise bad(key, "> 0")
-    for key in _FRACTION:
-        if key in cfg and not 0 < cfg[key] <= 1:
-            raise bad(key, "in (0, 1]")
-    if "dropout" in cfg and not 0 <= cfg["dropout"] < 1:
-        raise bad("dropout", "in [0, 1)")
+def parse_overrides(cfg: C, overrides: Sequence[str]) -> C:
+    """``cfg`` with ``key=value`` strings applied, typed from its fields (rows: comma-separated);
+    see :meth:`~noisyact.experiments.config.ExperimentConfig.with_overrides`."""
+    return cfg.with_overrides(overrides)
 
 
 def report_settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -224,7 +173,7 @@ class RunSpec:
     """One (row, seed) of a run folder, as handed to a worker process."""
 
     exp: Experiment
-    cfg: dict[str, Any]
+    cfg: ExperimentConfig
     row: str
     seed: int
     run_dir: Path
@@ -268,7 +217,7 @@ def _worker(spec: RunSpec) -> RunOutcome:
     return _train_one(spec, DistInfo(), progress=False)
 
 
-def preflight(exp: Experiment, cfg: dict[str, Any], rows: Sequence[str]) -> None:
+def preflight(exp: Experiment, cfg: ExperimentConfig, rows: Sequence[str]) -> None:
     """Build every row's task, loop settings and model once, so that a bad setting fails before
     anything trains or is written (``ValueError`` naming the row)."""
     for row in rows:
@@ -296,16 +245,15 @@ def run_experiment(exp: Experiment, preset: str = "quick", *, seeds: int | None 
     if preset not in exp.presets:
         raise ValueError(f"preset must be one of {', '.join(exp.presets)}, got {preset!r}")
     noise_source(), fused_mode()  # NOISYACT_NOISE / NOISYACT_FUSED: ValueError if bad
-    cfg = parse_overrides(exp.presets[preset], overrides)
-    check_settings(cfg)
-    n_seeds = int(seeds if seeds is not None else cfg.get("seeds", 1))
+    cfg = exp.presets[preset].with_overrides(overrides)  # typed and checked (ValueError)
+    n_seeds = int(seeds if seeds is not None else cfg.seeds)
     if n_seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {n_seeds}")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     if resume and overwrite:
         raise ValueError("--resume keeps a folder's runs and --overwrite deletes them: choose one")
-    rows = list(cfg.get("rows") or exp.rows)
+    rows = list(cfg.rows or exp.rows)
     unknown = [r for r in rows if r not in exp.rows]
     if unknown:
         raise ValueError(f"unknown rows {unknown}; known: {list(exp.rows)}")
@@ -316,7 +264,7 @@ def run_experiment(exp: Experiment, preset: str = "quick", *, seeds: int | None 
     out_dir = Path(out or f"runs/{exp.name}-{preset}")
     folder = RunFolder(out_dir)
     config = {"experiment": exp.name, "preset": preset, "seeds": n_seeds,
-              "settings": json.loads(json.dumps(cfg)), "world_size": dist.world_size,
+              "settings": cfg.to_dict(), "world_size": dist.world_size,
               "provenance": provenance(), "command": command_line(),
               "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     specs = [RunSpec(exp, cfg, row, seed, out_dir / row / f"seed{seed}", resume)
@@ -360,7 +308,8 @@ def _run_all(specs: list[RunSpec], dist: DistInfo, jobs: int, progress: bool
 
 
 def write_report(exp: Experiment, out_dir: Path, cfg: dict[str, Any] | None = None) -> Path:
-    """(Re)write ``results.md`` and the learning-curve plot of a run folder."""
+    """(Re)write ``results.md`` and the learning-curve plot of a run folder; ``cfg``: its
+    recorded settings (default: those of its ``config.json``)."""
     if cfg is None:
         cfg = json.loads((out_dir / "config.json").read_text())["settings"]
     rows = list(cfg.get("rows") or exp.rows)
@@ -375,7 +324,7 @@ def write_report(exp: Experiment, out_dir: Path, cfg: dict[str, Any] | None = No
                       title=exp.name)
     if png is not None:
         body.append(f"![learning curves]({png.name})")
-    body += exp.figures(out_dir, cfg)
+    body += exp.figures(out_dir, exp.config_of(cfg))
     if exp.notes:
         body.append(exp.notes)
     settings = ", ".join(f"{k}={v}" for k, v in cfg.items())
@@ -390,6 +339,7 @@ __all__ = [
     "ClassificationTask",
     "DistInfo",
     "Experiment",
+    "ExperimentConfig",
     "batch_generator",
     "check_settings",
     "model_device",

@@ -33,12 +33,13 @@ Metrics: test NLL per caption, BLEU-1…4 (sacrebleu, cumulative, 5 references, 
 tokens) of the greedy (or beam, ``beam`` > 1) caption. METEOR is not computed: it needs Java and
 its paraphrase tables, which this package cannot ship or download.
 
-Length: the data (synthetic shapes and Flickr8k features), the attention model and the task
-stay in one module like every experiment's (~440 lines).
+Length: the data (synthetic shapes and Flickr8k features), the settings, the attention model
+and the task stay in one module like every experiment's (~490 lines).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -49,41 +50,80 @@ from ..rnn import NoisyLSTMCell
 from . import seq2seq as s2s
 from . import shapes
 from .base import BaseTask, Claim, Experiment, model_device, rank_slice, weights
+from .config import StepsConfig
 
-ROWS = ("reference", "NAH", "NAH-nodrop", "NANI", "NANIL", "NANIL-authors")
-# Table 3's caption; NAH keeps the library defaults; NANIL-authors (not in Table 3: NANIL with
-# the authors' σ, PEERS.md §1) the c of the authors' code
-ROW_C = {"NANI": 0.05, "NANIL": 0.5, "NANIL-authors": 0.25}
 
-_COMMON = {"dataset": "synthetic", "data_dir": "", "image_size": 32, "max_objects": 2,
-           "n_train": 6000, "n_valid": 1000, "n_test": 1000, "vocab": 10000, "dim_word": 64,
-           "dim": 256, "att_dim": 128, "init_std": 0.01, "ortho_scale": 0.01,
-           "dropout": 0.5, "alpha_c": 0.0,
-           "selector": True,
-           "batch_size": 32, "optimizer": "adam", "lr": 1e-3, "clip": 5.0, "beam": 1,
-           "max_out": 30, "log_every": 25, "rows": list(ROWS), "seeds": 1}
+@dataclass(frozen=True)
+class Row:
+    """What a row changes: its units, their c and whether the model has dropout."""
+
+    kind: str  # the units: "soft" (sigmoid/tanh), "hard" or a noisy variant ("NAH", ...)
+    c: float | None = None  # c of every noisy unit; None: the library's default
+    dropout: bool = True  # dropout (the ``dropout`` setting) in the deep output
+
+
+# Table 3's caption gives c of NANI and NANIL; NAH keeps the library defaults; NANIL-authors
+# (not in Table 3: NANIL with the authors' σ, PEERS.md §1) the c of the authors' code
+ROWS = {
+    "reference": Row("soft"),
+    "NAH": Row("NAH"),
+    "NAH-nodrop": Row("NAH", dropout=False),
+    "NANI": Row("NANI", c=0.05),
+    "NANIL": Row("NANIL", c=0.5),
+    "NANIL-authors": Row("NANIL-authors", c=0.25),
+}
+
+
+@dataclass(frozen=True)
+class CaptionConfig(StepsConfig):
+    """Settings of the captioning experiment (defaults: the quick preset, synthetic shapes)."""
+
+    rows: tuple[str, ...] = tuple(ROWS)
+    log_every: int = 25
+    steps: int = 1200
+    eval_every: int = 300
+    ckpt_every: int = 300
+    dataset: str = "synthetic"  # "synthetic" (generated shapes) or "flickr8k" (from data_dir)
+    data_dir: str = ""  # flickr8k: the folder with the captions, split lists and features.pt
+    image_size: int = 32  # synthetic: image side in pixels
+    max_objects: int = 2  # synthetic: shapes per image at most
+    n_train: int = 6000  # training images (flickr8k: at most, the first)
+    n_valid: int = 1000  # validation images (flickr8k: at most)
+    n_test: int = 1000  # test images (flickr8k: at most)
+    vocab: int = 10000  # words at most, eos and UNK included
+    dim_word: int = 64  # word embedding size
+    dim: int = 256  # LSTM units
+    att_dim: int = 64  # attention MLP units
+    init_std: float = 0.1  # std of the non-recurrent matrices (arctic: 0.01)
+    ortho_scale: float = 0.01  # scale of the orthogonal recurrent matrices (§6.5)
+    dropout: float = 0.5  # dropout in the deep output (rows with dropout)
+    alpha_c: float = 0.0  # λ of the doubly stochastic attention penalty
+    selector: bool = True  # the gate β_t = σ(w h_{t−1}) on the context
+    beam: int = 1  # beam size of the test captions (1: greedy)
+    max_out: int = 30  # longest generated caption
+
+
+# 0.1·N instead of arctic's 0.01·N for the non-recurrent matrices: see translation's quick
+QUICK = CaptionConfig()
 
 PRESETS = {
-    "smoke": {**_COMMON, "n_train": 120, "n_valid": 16, "n_test": 16, "image_size": 16,
-              "dim_word": 12, "dim": 16, "att_dim": 8, "batch_size": 8, "steps": 10,
-              "eval_every": 5, "ckpt_every": 5, "log_every": 2, "max_out": 12},
-    # 0.1·N instead of arctic's 0.01·N for the non-recurrent matrices: see translation's quick
-    "quick": {**_COMMON, "att_dim": 64, "init_std": 0.1, "steps": 1200, "eval_every": 300,
-              "ckpt_every": 300},
+    "smoke": replace(QUICK, n_train=120, n_valid=16, n_test=16, image_size=16, dim_word=12,
+                     dim=16, att_dim=8, init_std=0.01, batch_size=8, steps=10, eval_every=5,
+                     ckpt_every=5, log_every=2, max_out=12),
+    "quick": QUICK,
     # quick for 4× its updates (≈ 5 epochs of the synthetic set) and 5 seeds, validated every
     # 300 updates for early stopping. ≈ 13 (reference) and 9 (noisy rows) updates/s on one CPU
     # thread: ≈ 10-13 min per run with evaluations, ≈ 2.5 h for the 25 runs with --jobs 2
-    "long": {**_COMMON, "att_dim": 64, "init_std": 0.1, "steps": 4800, "eval_every": 300,
-             "ckpt_every": 300, "seeds": 5},
+    "long": replace(QUICK, steps=4800, seeds=5),
     # arctic-captions' train() sizes and optimiser on Flickr8k (1000 LSTM units, word 100, Graves
     # RMSProp, batch 16), NOT its model defaults: train() leaves the selector, prev2out, ctx2out
     # and dropout off, while this model always has the deep output with E y_{t-1} (prev2out)
     # and L_z ẑ_t (ctx2out) and, with selector=True, the gate β: the full model of Xu et al.
     # (their Eq. 7 and §4.2.1, as arctic's evaluate_coco.py turns on), with dropout 0.5 as the
     # noisy paper's reference (§6.5)
-    "paper": {**_COMMON, "dataset": "flickr8k", "dim_word": 100, "dim": 1000, "att_dim": 512,
-              "batch_size": 16, "optimizer": "rmsprop-graves", "lr": 1e-4, "clip": 0.0,
-              "steps": 100_000, "eval_every": 2000, "ckpt_every": 1000, "max_out": 50},
+    "paper": replace(QUICK, dataset="flickr8k", dim_word=100, dim=1000, att_dim=512,
+                     init_std=0.01, batch_size=16, optimizer="rmsprop-graves", lr=1e-4, clip=0.0,
+                     steps=100_000, eval_every=2000, ckpt_every=1000, max_out=50),
 }
 
 
@@ -103,10 +143,10 @@ class ShapesEncoder(nn.Module):
 class ShowAttendTell(nn.Module):
     """Soft-attention captioner with the units of one row."""
 
-    def __init__(self, n_words: int, ctx_dim: int, cfg: dict[str, Any], kind: str,
+    def __init__(self, n_words: int, ctx_dim: int, cfg: CaptionConfig, kind: str,
                  c: float | None, dropout: float, encoder: nn.Module | None = None) -> None:
         super().__init__()
-        W, H, A = cfg["dim_word"], cfg["dim"], cfg["att_dim"]
+        W, H, A = cfg.dim_word, cfg.dim, cfg.att_dim
         self.encoder = encoder if encoder is not None else nn.Identity()
         self.embed = nn.Embedding(n_words, W)
         self.init_h = nn.Sequential(nn.Linear(ctx_dim, H), s2s.tanh_unit(kind, H, c))
@@ -116,7 +156,7 @@ class ShowAttendTell(nn.Module):
         self.att_act = s2s.tanh_unit(kind, A, c)
         self.att_u = nn.Linear(A, 1)
         self.selector = (nn.Sequential(nn.Linear(H, 1), s2s.sigmoid_unit(kind, 1, c))
-                         if cfg["selector"] else None)
+                         if cfg.selector else None)
         self.cell: nn.Module = (nn.LSTMCell(W + ctx_dim, H) if kind == "soft" else
                                 NoisyLSTMCell(W + ctx_dim, H, variant=kind, gate_c=c, unit_c=c))
         self.out_h = nn.Linear(H, W)
@@ -133,9 +173,9 @@ class ShowAttendTell(nn.Module):
                 if p.dim() == 1:
                     p.zero_()
                 elif "weight_hh" in name:
-                    s2s.orthogonal_(p, cfg["ortho_scale"])
+                    s2s.orthogonal_(p, cfg.ortho_scale)
                 else:
-                    p.normal_(0, cfg["init_std"])
+                    p.normal_(0, cfg.init_std)
 
     def start(self, images: Tensor) -> s2s.State:
         a = self.encoder(images)
@@ -252,12 +292,12 @@ def extract_features(image_dir: str, weights: str, out: str, names: list[str] | 
 class CaptionTask(s2s.EarlyStopping, BaseTask):
     _cache: ClassVar[dict[tuple[Any, ...], Any]] = {}
 
-    def __init__(self, row: str, cfg: dict[str, Any], seed: int) -> None:
-        if cfg["dataset"] not in ("synthetic", "flickr8k"):
-            raise ValueError(f"dataset must be 'synthetic' or 'flickr8k', got {cfg['dataset']!r}")
+    def __init__(self, row: str, cfg: CaptionConfig, seed: int) -> None:
+        if cfg.dataset not in ("synthetic", "flickr8k"):
+            raise ValueError(f"dataset must be 'synthetic' or 'flickr8k', got {cfg.dataset!r}")
         self.row, self.cfg, self.seed = row, cfg, seed
-        key = tuple(cfg[k] for k in ("dataset", "data_dir", "image_size", "max_objects",
-                                     "n_train", "n_valid", "n_test", "vocab"))
+        key = (cfg.dataset, cfg.data_dir, cfg.image_size, cfg.max_objects, cfg.n_train,
+               cfg.n_valid, cfg.n_test, cfg.vocab)
         if key not in self._cache:
             self._cache[key] = self._prepare()
         self.vocab, self.inputs, self.captions, self.ids = self._cache[key]
@@ -265,35 +305,36 @@ class CaptionTask(s2s.EarlyStopping, BaseTask):
         self.pairs = [(i, j) for i, caps in enumerate(self.ids["train"])
                       for j in range(len(caps))]
         self.batches = s2s.EpochBatches([len(self.ids["train"][i][j]) for i, j in self.pairs],
-                                        cfg["batch_size"], seed)
+                                        cfg.batch_size, seed)
         mean_len = sum(len(self.ids["train"][i][j]) + 1 for i, j in self.pairs) / len(self.pairs)
-        self.tokens_per_step = round(cfg["batch_size"] * mean_len)
+        self.tokens_per_step = round(cfg.batch_size * mean_len)
 
     def _prepare(self) -> Any:
         c = self.cfg
-        if c["dataset"] == "synthetic":
+        if c.dataset == "synthetic":
             data = {}
-            for k, split in enumerate(("train", "valid", "test")):
-                images, caps, _ = shapes.make_dataset(c[f"n_{split}"], 7_001 + k,
-                                                      c["image_size"], c["max_objects"])
+            for k, (split, n) in enumerate((("train", c.n_train), ("valid", c.n_valid),
+                                            ("test", c.n_test))):
+                images, caps, _ = shapes.make_dataset(n, 7_001 + k,
+                                                      c.image_size, c.max_objects)
                 data[split] = (torch.from_numpy(images), caps)
         else:
             # n_train/n_valid/n_test: at most that many images (the first) of each split; the
             # paper preset's are Flickr8k's own sizes, the smoke preset's keep it seconds
-            data = {s: (x[: c[f"n_{s}"]], caps[: c[f"n_{s}"]])
-                    for s, (x, caps) in load_flickr8k(c["data_dir"]).items()}
+            size = {"train": c.n_train, "valid": c.n_valid, "test": c.n_test}
+            data = {s: (x[: size[s]], caps[: size[s]])
+                    for s, (x, caps) in load_flickr8k(c.data_dir).items()}
         tok = {s: [[s2s.tokenize(x) for x in caps] for caps in data[s][1]] for s in data}
-        vocab = s2s.Vocab.build([t for caps in tok["train"] for t in caps], c["vocab"])
+        vocab = s2s.Vocab.build([t for caps in tok["train"] for t in caps], c.vocab)
         ids = {s: [[vocab.encode(t) for t in caps] for caps in tok[s]] for s in tok}
         return vocab, {s: data[s][0] for s in data}, tok, ids
 
     def build_model(self) -> nn.Module:
-        kind = s2s.row_kind(self.row)
-        encoder = ShapesEncoder() if self.cfg["dataset"] == "synthetic" else None
+        row = ROWS[self.row]
+        encoder = ShapesEncoder() if self.cfg.dataset == "synthetic" else None
         ctx = encoder.out_dim if encoder is not None else self.inputs["train"].shape[-1]
-        dropout = 0.0 if self.row.endswith("nodrop") else self.cfg["dropout"]
-        return ShowAttendTell(len(self.vocab), ctx, self.cfg, kind, ROW_C.get(self.row),
-                              dropout, encoder)
+        dropout = self.cfg.dropout if row.dropout else 0.0
+        return ShowAttendTell(len(self.vocab), ctx, self.cfg, row.kind, row.c, dropout, encoder)
 
     def _tensors(self, split: str, pairs: list[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor]:
         images = self.inputs[split][[i for i, _ in pairs]].float()
@@ -308,7 +349,7 @@ class CaptionTask(s2s.EarlyStopping, BaseTask):
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         dev = model_device(model)
         nll, penalty = model(*(t.to(dev) for t in batch))
-        return nll.mean() + self.cfg["alpha_c"] * penalty.mean()
+        return nll.mean() + self.cfg.alpha_c * penalty.mean()
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
@@ -334,13 +375,13 @@ class CaptionTask(s2s.EarlyStopping, BaseTask):
         hyps: list[list[str]] = []
         for lo in range(0, len(images), 128):
             state = model.start(images[lo: lo + 128].float().to(dev))
-            if self.cfg["beam"] > 1:
+            if self.cfg.beam > 1:
                 for b in range(state[0].shape[0]):
                     one = tuple(s[b: b + 1] for s in state)
                     hyps.append(self.vocab.decode(s2s.beam_search(
-                        model.step, one, self.cfg["beam"], self.cfg["max_out"])))
+                        model.step, one, self.cfg.beam, self.cfg.max_out)))
             else:
-                ids, _ = s2s.greedy(model.step, state, state[0].shape[0], self.cfg["max_out"])
+                ids, _ = s2s.greedy(model.step, state, state[0].shape[0], self.cfg.max_out)
                 hyps += [self.vocab.decode(s) for s in ids]
         return hyps
 
@@ -373,9 +414,9 @@ def plot_caption_attention(path: Path, examples: list[tuple[Tensor | None, list[
 
 
 class Captioning(Experiment):
-    def figures(self, out_dir: Path, cfg: dict[str, Any]) -> list[str]:
+    def figures(self, out_dir: Path, cfg: CaptionConfig) -> list[str]:
         """Attention maps of each row's seed-0 model on three test images."""
-        rows = list(cfg.get("rows") or self.rows)
+        rows = list(cfg.rows or self.rows)
         lines = []
         for row in rows:
             task = CaptionTask(row, cfg, 0)
@@ -385,9 +426,9 @@ class Captioning(Experiment):
             examples = []
             for k in range(min(3, len(task.inputs["test"]))):
                 image = task.inputs["test"][k: k + 1].float()
-                ids, alphas = s2s.greedy(model.step, model.start(image), 1, cfg["max_out"])
+                ids, alphas = s2s.greedy(model.step, model.start(image), 1, cfg.max_out)
                 words = [*task.vocab.decode(ids[0]), "<eos>"]
-                examples.append((image[0] if cfg["dataset"] == "synthetic" else None, words,
+                examples.append((image[0] if cfg.dataset == "synthetic" else None, words,
                                  [a[0] for a in alphas[: len(words)]]))
             path = plot_caption_attention(out_dir / f"attention-{row}.png", examples,
                                           f"{row}: attention per generated word (test images)")
@@ -418,7 +459,7 @@ EXPERIMENT = Captioning(
         "paraphrase tables)."
     ),
     presets=PRESETS,
-    rows=ROWS,
+    rows=tuple(ROWS),
     # early stopping (the best validation NLL's checkpoint), then the last model's BLEU-4/NLL
     columns=[("best_test_bleu1", "BLEU-1"), ("best_test_bleu2", "BLEU-2"),
              ("best_test_bleu3", "BLEU-3"), ("best_test_bleu4", "BLEU-4"),

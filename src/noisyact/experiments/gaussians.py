@@ -9,8 +9,8 @@ different means and spreads, 3-way classification; rows tanh, NAN and NAH (α = 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,18 +18,38 @@ from torch import Tensor, nn
 from ..modules import NoisyHardTanh
 from ..training.checkpoint import load_checkpoint
 from .base import ClassificationTask, Experiment, batch_generator
+from .config import StepsConfig
 
-ROWS = ("tanh", "NAN", "NAH")
+# row -> the noise of its noisy hard-tanh units ("NAN", "NAH"); None: torch's tanh
+ROWS: dict[str, str | None] = {"tanh": None, "NAN": "NAN", "NAH": "NAH"}
 MEANS = ((-2.0, -1.0), (2.0, -1.0), (0.0, 2.0))
 STDS = (0.7, 1.2, 0.9)
 
-_COMMON = {"hidden": 8, "layers": 3, "alpha": 1.0, "c": 1.0, "batch_size": 128, "lr": 1e-2,
-           "optimizer": "adam", "clip": 5.0, "n_train": 3000, "n_eval": 1000, "log_every": 10,
-           "rows": list(ROWS)}
+
+@dataclass(frozen=True)
+class GaussiansConfig(StepsConfig):
+    """Settings of the Gaussians experiment (defaults: the quick preset)."""
+
+    rows: tuple[str, ...] = tuple(ROWS)
+    seeds: int = 3
+    batch_size: int = 128
+    lr: float = 1e-2
+    steps: int = 2000
+    eval_every: int = 100
+    ckpt_every: int = 500
+    hidden: int = 8  # units per layer
+    layers: int = 3  # hidden layers
+    alpha: float = 1.0  # α of the noisy units (Eq. 12)
+    c: float = 1.0  # c of the noisy units (Eq. 9)
+    n_train: int = 3000  # training points (a fixed set)
+    n_eval: int = 1000  # validation and test points each
+
+
+QUICK = GaussiansConfig()
 PRESETS = {
-    "smoke": {**_COMMON, "steps": 40, "eval_every": 20, "ckpt_every": 20, "seeds": 1},
-    "quick": {**_COMMON, "steps": 2000, "eval_every": 100, "ckpt_every": 500, "seeds": 3},
-    "paper": {**_COMMON, "steps": 20000, "eval_every": 500, "ckpt_every": 2000, "seeds": 5},
+    "smoke": replace(QUICK, steps=40, eval_every=20, ckpt_every=20, seeds=1),
+    "quick": QUICK,
+    "paper": replace(QUICK, steps=20000, eval_every=500, ckpt_every=2000, seeds=5),
 }
 
 
@@ -42,31 +62,33 @@ def mixture(n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
 
 
 def mlp(row: str, hidden: int, layers: int, alpha: float, c: float) -> nn.Sequential:
+    """The MLP of a row: ``layers`` × (Linear, the row's unit), then a 3-way Linear."""
+    variant = ROWS[row]
     mods: list[nn.Module] = []
     width = 2
     for _ in range(layers):
         mods.append(nn.Linear(width, hidden))
-        mods.append(nn.Tanh() if row == "tanh" else
-                    NoisyHardTanh(row, alpha=alpha, c=c, num_parameters=hidden, dim=1))
+        mods.append(nn.Tanh() if variant is None else
+                    NoisyHardTanh(variant, alpha=alpha, c=c, num_parameters=hidden, dim=1))
         width = hidden
     mods.append(nn.Linear(width, 3))
     return nn.Sequential(*mods)
 
 
 class GaussiansTask(ClassificationTask):
-    def __init__(self, row: str, cfg: dict[str, Any], seed: int) -> None:
+    def __init__(self, row: str, cfg: GaussiansConfig, seed: int) -> None:
         self.row, self.cfg, self.seed = row, cfg, seed
-        self.train_set = mixture(cfg["n_train"], torch.Generator().manual_seed(1234))
-        self.eval_sets = {s: mixture(cfg["n_eval"], torch.Generator().manual_seed(1235 + i))
+        self.train_set = mixture(cfg.n_train, torch.Generator().manual_seed(1234))
+        self.eval_sets = {s: mixture(cfg.n_eval, torch.Generator().manual_seed(1235 + i))
                           for i, s in enumerate(("valid", "test"))}
 
     def build_model(self) -> nn.Module:
         c = self.cfg
-        return mlp(self.row, c["hidden"], c["layers"], c["alpha"], c["c"])
+        return mlp(self.row, c.hidden, c.layers, c.alpha, c.c)
 
     def batch(self, step: int, rank: int, world_size: int) -> tuple[Tensor, Tensor]:
         gen = batch_generator(self.seed, step, rank)
-        idx = torch.randint(0, self.cfg["n_train"], (self.cfg["batch_size"],), generator=gen)
+        idx = torch.randint(0, self.cfg.n_train, (self.cfg.batch_size,), generator=gen)
         return self.train_set[0][idx], self.train_set[1][idx]
 
 
@@ -89,7 +111,7 @@ def _unit_curves(model: nn.Sequential, derivative: bool) -> list[tuple[Tensor, T
 
 
 class Gaussians(Experiment):
-    def figures(self, out_dir: Path, cfg: dict[str, Any]) -> list[str]:
+    def figures(self, out_dir: Path, cfg: GaussiansConfig) -> list[str]:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -98,9 +120,9 @@ class Gaussians(Experiment):
         lines = []
         for row, derivative, fig_no in (("NAN", True, 5), ("NAH", False, 6)):
             ck = out_dir / row / "seed0" / "checkpoint.pt"
-            if row not in (cfg.get("rows") or ROWS) or not ck.exists():
+            if row not in (cfg.rows or ROWS) or not ck.exists():
                 continue
-            model = mlp(row, cfg["hidden"], cfg["layers"], cfg["alpha"], cfg["c"])
+            model = mlp(row, cfg.hidden, cfg.layers, cfg.alpha, cfg.c)
             model.load_state_dict(load_checkpoint(ck)["model"])
             curves = _unit_curves(model, derivative)
             fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.4), sharey=True)
@@ -112,7 +134,7 @@ class Gaussians(Experiment):
                 ax.grid(alpha=0.3)
             axes[0].set_ylabel("∂φ/∂x" if derivative else "φ(x, ξ)")
             what = "derivatives (normal noise)" if derivative else "activations (half-normal)"
-            fig.suptitle(f"Fig. {fig_no} analogue: learned per-unit {what}, α = {cfg['alpha']}")
+            fig.suptitle(f"Fig. {fig_no} analogue: learned per-unit {what}, α = {cfg.alpha}")
             fig.tight_layout()
             name = f"fig{fig_no}_{row}.png"
             fig.savefig(out_dir / name, dpi=100)
@@ -131,7 +153,7 @@ EXPERIMENT = Gaussians(
         "noisy hard-tanh (α = 1, p per unit). Test error % (mean ± std over seeds)."
     ),
     presets=PRESETS,
-    rows=ROWS,
+    rows=tuple(ROWS),
     columns=[("test_error", "test error %"), ("test_nll", "test NLL")],
     curve=("valid_error", "validation error %"),
     paper={r: {"test_error": "≈ 0 (\"almost perfectly\", no number)"} for r in ROWS},

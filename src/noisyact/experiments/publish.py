@@ -54,7 +54,7 @@ class Published:
     def command(self) -> str:
         """The command that reproduces this folder (preset, seeds and the changed settings)."""
         exp, cfg = self.experiment, self.config
-        preset = exp.presets.get(cfg["preset"], {})
+        preset = exp.presets[cfg["preset"]].to_dict() if cfg["preset"] in exp.presets else {}
         changed = [f"{k}={_value(v)}" for k, v in cfg["settings"].items()
                    if preset.get(k) != v and k != "seeds"]
         seeds = cfg.get("seeds", 1)

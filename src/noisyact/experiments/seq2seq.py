@@ -20,7 +20,6 @@ import torch
 from torch import Tensor, nn
 
 from ..modules import HardSigmoid, NoisyHardSigmoid, NoisyHardTanh
-from ..variants import VARIANTS
 
 EOS, UNK = 0, 1
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -125,7 +124,7 @@ class EarlyStopping:
     beside the trainer's ``test_<metric>`` of the last model.
     """
 
-    cfg: dict[str, Any]
+    cfg: Any  # the experiment's config: ``cfg.steps`` updates
     best_state: dict[str, Tensor] | None = None
     best_valid_nll: float | None = None
     best_step: int | None = None
@@ -141,7 +140,7 @@ class EarlyStopping:
             self.best_state = {k: v.detach().to("cpu", copy=True)
                                for k, v in model.state_dict().items()}
             self.best_valid_nll, self.best_step = float(nll), step
-        if step >= self.cfg["steps"] and self.best_state is not None:
+        if step >= self.cfg.steps and self.best_state is not None:
             live = {k: v.detach().clone() for k, v in model.state_dict().items()}
             model.load_state_dict(self.best_state)
             try:
@@ -165,22 +164,23 @@ class EarlyStopping:
         self.best_test = state["best_test"]
 
 
-def tanh_unit(row_kind: str, features: int, c: float | None = None) -> nn.Module:
-    """A tanh unit for a row: tanh (``soft``), hard-tanh (``hard``) or a noisy hard-tanh."""
-    if row_kind == "soft":
+def tanh_unit(kind: str, features: int, c: float | None = None) -> nn.Module:
+    """A tanh unit of a row's kind: tanh (``soft``), hard-tanh (``hard``) or a noisy hard-tanh
+    of that variant."""
+    if kind == "soft":
         return nn.Tanh()
-    if row_kind == "hard":
+    if kind == "hard":
         return nn.Hardtanh()
-    return NoisyHardTanh(row_kind, c=c, num_parameters=features, dim=-1)
+    return NoisyHardTanh(kind, c=c, num_parameters=features, dim=-1)
 
 
-def sigmoid_unit(row_kind: str, features: int, c: float | None = None) -> nn.Module:
-    """A sigmoid unit for a row: sigmoid, hard-sigmoid or a noisy hard-sigmoid."""
-    if row_kind == "soft":
+def sigmoid_unit(kind: str, features: int, c: float | None = None) -> nn.Module:
+    """A sigmoid unit of a row's kind: sigmoid, hard-sigmoid or a noisy hard-sigmoid."""
+    if kind == "soft":
         return nn.Sigmoid()
-    if row_kind == "hard":
+    if kind == "hard":
         return HardSigmoid()
-    return NoisyHardSigmoid(row_kind, c=c, num_parameters=features, dim=-1)
+    return NoisyHardSigmoid(kind, c=c, num_parameters=features, dim=-1)
 
 
 def orthogonal_(w: Tensor, scale: float = 1.0) -> Tensor:
@@ -316,18 +316,6 @@ def load_model_of(run_dir: Path, build: Callable[[], nn.Module]) -> nn.Module | 
     return model.eval()
 
 
-def row_kind(row: str) -> str:
-    """The unit kind of a row name: reference → soft, hard → hard, a variant's name (e.g.
-    ``NANIL-authors``) → itself, else the variant before the first ``-`` (``NAH-nodrop`` → NAH)."""
-    if row == "reference":
-        return "soft"
-    if row == "hard":
-        return "hard"
-    if row.upper() in (name.upper() for name in VARIANTS):
-        return row
-    return row.split("-")[0]
-
-
 __all__ = [
     "EOS",
     "UNK",
@@ -343,7 +331,6 @@ __all__ = [
     "orthogonal_",
     "pad",
     "plot_attention",
-    "row_kind",
     "sigmoid_unit",
     "tanh_unit",
     "tokenize",

@@ -24,12 +24,16 @@ Data: ``quick`` and ``smoke`` read Multi30k En–Fr (``train``, ``val``, ``test_
 ``../shared/data/multi30k``); ``paper`` reads Europarl v7 (``europarl-v7.fr-en.en/.fr``) and
 newstest2011 (``newstest2011.en/.fr``, used for validation and, as in the paper, for the reported
 BLEU) from ``data_dir``. Nothing is downloaded.
+
+Length: the corpus reader, the settings, the model and the task stay in one module like every
+experiment's (~410 lines).
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,41 +44,68 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ..rnn import NoisyGRU, NoisyGRUCell
 from . import seq2seq as s2s
 from .base import BaseTask, Claim, Experiment, model_device, rank_slice, weights
+from .config import StepsConfig
 
-ROWS = ("reference", "hard", "NAH")
+# row -> the kind of its units: "soft" (sigmoid/tanh), "hard" (no noise) or a noisy variant
+ROWS = {"reference": "soft", "hard": "hard", "NAH": "NAH"}
 CORPORA = {
     "multi30k": {"train": "train", "valid": "val", "test": "test_2016_flickr"},
     "europarl": {"train": "europarl-v7.fr-en", "valid": "newstest2011", "test": "newstest2011"},
 }
 
-_COMMON = {"corpus": "multi30k", "data_dir": "", "src": "en", "tgt": "fr", "vocab": 8000,
-           "min_freq": 2, "maxlen": 50, "dim_word": 128, "dim": 256, "ortho_scale": 0.01,
-           "rec2_ortho": True, "init_std": 0.01,
-           "dropout": 0.0, "batch_size": 32, "optimizer": "adam", "lr": 1e-3, "clip": 1.0,
-           "beam": 5, "valid_bleu_size": 300, "eval_size": 0, "max_out": 80, "log_every": 25,
-           "train_limit": 0, "rows": list(ROWS), "seeds": 1}
+
+@dataclass(frozen=True)
+class TranslationConfig(StepsConfig):
+    """Settings of the translation experiment (defaults: the quick preset, Multi30k)."""
+
+    rows: tuple[str, ...] = tuple(ROWS)
+    clip: float = 1.0
+    log_every: int = 25
+    steps: int = 2000
+    eval_every: int = 500
+    ckpt_every: int = 250
+    corpus: str = "multi30k"  # "multi30k" or "europarl" (CORPORA)
+    data_dir: str = ""  # the corpus folder; "": $NOISYACT_MULTI30K or ../shared/data/multi30k
+    src: str = "en"  # source language (file suffix)
+    tgt: str = "fr"  # target language (file suffix)
+    vocab: int = 4000  # words per language, eos and UNK included
+    min_freq: int = 3  # training occurrences a word needs to be in the vocabulary
+    maxlen: int = 50  # training pairs with a side this long or longer are left out
+    dim_word: int = 128  # word embedding size
+    dim: int = 256  # GRU units (the encoder's per direction)
+    ortho_scale: float = 0.01  # scale of the orthogonal square matrices
+    rec2_ortho: bool = True  # REC2's context-to-gate matrix W_c orthogonal too (as dl4mt)
+    init_std: float = 0.1  # std of the other matrices (dl4mt: 0.01)
+    dropout: float = 0.0  # dropout before the readout
+    beam: int = 5  # beam size of the test BLEU (1: greedy only)
+    valid_bleu_size: int = 300  # validation sentences decoded for the validation BLEU
+    eval_size: int = 500  # validation/test sentences; 0: all
+    max_out: int = 80  # longest decoded sentence
+    train_limit: int = 0  # the first training lines read; 0: all
+
+
+# ~2 epochs of Multi30k with a small model: minutes per row here. dl4mt's 0.01·N for the
+# non-square matrices keeps Adam on the unigram plateau for far longer than this budget
+# (measured), so quick starts those at 0.1·N; the recurrent matrices keep the paper's
+# orthogonal × 0.01
+QUICK = TranslationConfig()
 
 PRESETS = {
-    "smoke": {**_COMMON, "vocab": 300, "dim_word": 16, "dim": 24, "batch_size": 8,
-              "train_limit": 400, "eval_size": 40, "valid_bleu_size": 20, "beam": 2,
-              "steps": 12, "eval_every": 6, "ckpt_every": 6, "log_every": 3, "max_out": 20},
-    # ~2 epochs of Multi30k with a small model: minutes per row here
-    # dl4mt's 0.01·N for the non-square matrices keeps Adam on the unigram plateau for far
-    # longer than this budget (measured), so quick starts those at 0.1·N; the recurrent
-    # matrices keep the paper's orthogonal × 0.01
-    "quick": {**_COMMON, "vocab": 4000, "min_freq": 3, "init_std": 0.1, "steps": 2000,
-              "eval_every": 500, "ckpt_every": 250, "eval_size": 500},
+    "smoke": replace(QUICK, vocab=300, min_freq=2, init_std=0.01, dim_word=16, dim=24,
+                     batch_size=8, train_limit=400, eval_size=40, valid_bleu_size=20, beam=2,
+                     steps=12, eval_every=6, ckpt_every=6, log_every=3, max_out=20),
+    "quick": QUICK,
     # quick's model for 3× its updates (≈ 6.6 epochs of Multi30k) and 3 seeds, validated
     # every 500 updates for early stopping. ≈ 4.4 (reference) and 3.2 (NAH) updates/s on one
     # CPU thread: ≈ 25-35 min per run plus evaluations, ≈ 3 h for the 9 runs with --jobs 2
-    "long": {**_COMMON, "vocab": 4000, "min_freq": 3, "init_std": 0.1, "steps": 6000,
-             "eval_every": 500, "ckpt_every": 250, "eval_size": 500, "seeds": 3},
+    "long": replace(QUICK, steps=6000, seeds=3),
     # dl4mt's train() defaults (dim_word 100, dim 1000, Graves RMSProp 1e-4, batch 16,
     # maxlen 100, no clipping) on Europarl; run it on a GPU
-    "paper": {**_COMMON, "corpus": "europarl", "vocab": 30000, "min_freq": 1, "maxlen": 100,
-              "dim_word": 100, "dim": 1000, "batch_size": 16, "optimizer": "rmsprop-graves",
-              "lr": 1e-4, "clip": 0.0, "steps": 300_000, "eval_every": 5000,
-              "ckpt_every": 1000, "max_out": 200, "valid_bleu_size": 1000},
+    "paper": replace(QUICK, corpus="europarl", vocab=30000, min_freq=1, maxlen=100,
+                     dim_word=100, dim=1000, init_std=0.01, batch_size=16,
+                     optimizer="rmsprop-graves", lr=1e-4, clip=0.0, steps=300_000,
+                     eval_every=5000, ckpt_every=1000, eval_size=0, max_out=200,
+                     valid_bleu_size=1000),
 }
 
 
@@ -111,26 +142,26 @@ def _read(folder: Path, stem: str, lang: str, limit: int = 0) -> tuple[list[str]
                      "corpus files (see `noisyact list` / the translation docstring)")
 
 
-def load_corpus(cfg: dict[str, Any]) -> dict[str, tuple[list[str], list[str]]]:
+def load_corpus(cfg: TranslationConfig) -> dict[str, tuple[list[str], list[str]]]:
     """Parallel (source, target) lines of each split, checked to be aligned."""
-    if cfg["corpus"] not in CORPORA:
-        raise ValueError(f"corpus must be one of {list(CORPORA)}, got {cfg['corpus']!r}")
-    folder = Path(cfg["data_dir"]) if cfg["data_dir"] else (
-        _default_dir() if cfg["corpus"] == "multi30k" else None)
+    if cfg.corpus not in CORPORA:
+        raise ValueError(f"corpus must be one of {list(CORPORA)}, got {cfg.corpus!r}")
+    folder = Path(cfg.data_dir) if cfg.data_dir else (
+        _default_dir() if cfg.corpus == "multi30k" else None)
     if folder is None or not folder.is_dir():
         raise ValueError(
-            f"no {cfg['corpus']} data: pass data_dir=/path/to/folder (or --data-dir) holding "
-            + ", ".join(f"{s}.{cfg['src']}/.{cfg['tgt']}" for s in CORPORA[cfg["corpus"]].values())
+            f"no {cfg.corpus} data: pass data_dir=/path/to/folder (or --data-dir) holding "
+            + ", ".join(f"{s}.{cfg.src}/.{cfg.tgt}" for s in CORPORA[cfg.corpus].values())
             + (" (Multi30k: github.com/multi30k/dataset, data/task1/raw)"
-               if cfg["corpus"] == "multi30k" else ""))
+               if cfg.corpus == "multi30k" else ""))
     out = {}
-    for split, stem in CORPORA[cfg["corpus"]].items():
+    for split, stem in CORPORA[cfg.corpus].items():
         # only the lines a run uses are kept (train_limit, eval_size): smoke stays small
-        limit = cfg.get("train_limit" if split == "train" else "eval_size", 0)
-        (src, n_src), (tgt, n_tgt) = (_read(folder, stem, cfg["src"], limit),
-                                      _read(folder, stem, cfg["tgt"], limit))
+        limit = cfg.train_limit if split == "train" else cfg.eval_size
+        (src, n_src), (tgt, n_tgt) = (_read(folder, stem, cfg.src, limit),
+                                      _read(folder, stem, cfg.tgt, limit))
         if n_src != n_tgt:
-            raise ValueError(f"{stem}.{cfg['src']} has {n_src} lines but {stem}.{cfg['tgt']} "
+            raise ValueError(f"{stem}.{cfg.src} has {n_src} lines but {stem}.{cfg.tgt} "
                              f"has {n_tgt}: not a parallel corpus")
         out[split] = (src, tgt)
     return out
@@ -139,9 +170,10 @@ def load_corpus(cfg: dict[str, Any]) -> dict[str, tuple[list[str], list[str]]]:
 class NMT(nn.Module):
     """dl4mt's attention encoder-decoder with the units of one row."""
 
-    def __init__(self, n_src: int, n_tgt: int, cfg: dict[str, Any], kind: str) -> None:
+    def __init__(self, n_src: int, n_tgt: int, cfg: TranslationConfig, kind: str) -> None:
+        """``kind``: the units, "soft", "hard" or a noisy variant (:data:`ROWS`' values)."""
         super().__init__()
-        W, D = cfg["dim_word"], cfg["dim"]
+        W, D = cfg.dim_word, cfg.dim
         self.kind = kind
         self.src_embed = nn.Embedding(n_src, W)
         self.tgt_embed = nn.Embedding(n_tgt, W)
@@ -162,10 +194,10 @@ class NMT(nn.Module):
         self.out_prev = nn.Linear(W, W)
         self.out_ctx = nn.Linear(2 * D, W)
         self.out_act = s2s.tanh_unit(kind, W)
-        self.drop = nn.Dropout(cfg["dropout"])
+        self.drop = nn.Dropout(cfg.dropout)
         self.readout = nn.Linear(W, n_tgt)
-        self.rec2_ortho = bool(cfg["rec2_ortho"])
-        self._init(cfg["ortho_scale"], cfg["init_std"])
+        self.rec2_ortho = bool(cfg.rec2_ortho)
+        self._init(cfg.ortho_scale, cfg.init_std)
 
     def _init(self, scale: float, std: float) -> None:
         with torch.no_grad():
@@ -227,34 +259,34 @@ class NMT(nn.Module):
 class TranslationTask(s2s.EarlyStopping, BaseTask):
     _cache: ClassVar[dict[tuple[Any, ...], Any]] = {}
 
-    def __init__(self, row: str, cfg: dict[str, Any], seed: int) -> None:
+    def __init__(self, row: str, cfg: TranslationConfig, seed: int) -> None:
         self.row, self.cfg, self.seed = row, cfg, seed
-        key = tuple(cfg[k] for k in ("corpus", "data_dir", "src", "tgt", "vocab", "min_freq",
-                                     "maxlen", "train_limit"))
+        key = (cfg.corpus, cfg.data_dir, cfg.src, cfg.tgt, cfg.vocab, cfg.min_freq, cfg.maxlen,
+               cfg.train_limit)
         if key not in self._cache:
             self._cache[key] = self._prepare()
         self.src_vocab, self.tgt_vocab, self.data, self.refs = self._cache[key]
         self.batches = s2s.EpochBatches([len(p[1]) for p in self.data["train"]],
-                                        cfg["batch_size"], seed)
+                                        cfg.batch_size, seed)
         mean_len = sum(len(p[1]) + 1 for p in self.data["train"]) / len(self.data["train"])
-        self.tokens_per_step = round(cfg["batch_size"] * mean_len)  # target words (mean)
+        self.tokens_per_step = round(cfg.batch_size * mean_len)  # target words (mean)
 
     def _prepare(self) -> Any:
         c = self.cfg
         raw = load_corpus(c)
         tok = {split: ([s2s.tokenize(x) for x in src], [s2s.tokenize(y) for y in tgt])
                for split, (src, tgt) in raw.items()}
-        if c["train_limit"]:
-            tok["train"] = (tok["train"][0][: c["train_limit"]], tok["train"][1][: c["train_limit"]])
-        sv = s2s.Vocab.build(tok["train"][0], c["vocab"], c["min_freq"])
-        tv = s2s.Vocab.build(tok["train"][1], c["vocab"], c["min_freq"])
+        if c.train_limit:
+            tok["train"] = (tok["train"][0][: c.train_limit], tok["train"][1][: c.train_limit])
+        sv = s2s.Vocab.build(tok["train"][0], c.vocab, c.min_freq)
+        tv = s2s.Vocab.build(tok["train"][1], c.vocab, c.min_freq)
         data, refs = {}, {}
         for split, (src, tgt) in tok.items():
             pairs = [(sv.encode(x), tv.encode(y)) for x, y in zip(src, tgt, strict=True)]
             keep = [i for i, (x, y) in enumerate(pairs)
-                    if split != "train" or (0 < len(x) < c["maxlen"] and 0 < len(y) < c["maxlen"])]
-            if split != "train" and c["eval_size"]:
-                keep = keep[: c["eval_size"]]
+                    if split != "train" or (0 < len(x) < c.maxlen and 0 < len(y) < c.maxlen)]
+            if split != "train" and c.eval_size:
+                keep = keep[: c.eval_size]
             data[split] = [pairs[i] for i in keep if pairs[i][0]]
             refs[split] = [tgt[i] for i in keep if pairs[i][0]]
         if not data["train"]:
@@ -262,7 +294,7 @@ class TranslationTask(s2s.EarlyStopping, BaseTask):
         return sv, tv, data, refs
 
     def build_model(self) -> nn.Module:
-        return NMT(len(self.src_vocab), len(self.tgt_vocab), self.cfg, s2s.row_kind(self.row))
+        return NMT(len(self.src_vocab), len(self.tgt_vocab), self.cfg, ROWS[self.row])
 
     def batch(self, step: int, rank: int, world_size: int) -> tuple[Tensor, ...]:
         idx = self.batches(step)
@@ -291,10 +323,10 @@ class TranslationTask(s2s.EarlyStopping, BaseTask):
             b = self._tensors(pairs[lo: lo + 64])
             nll += float(model(*(t.to(dev) for t in b)).sum())
         out = {"nll": nll / len(pairs)}
-        n = len(pairs) if split == "test" else min(len(pairs), self.cfg["valid_bleu_size"])
+        n = len(pairs) if split == "test" else min(len(pairs), self.cfg.valid_bleu_size)
         hyps = self.translate(model, [p[0] for p in pairs[:n]])
         out["bleu"] = s2s.bleu(hyps, [[r] for r in self.refs[split][:n]])
-        if split == "test" and self.cfg["beam"] > 1:
+        if split == "test" and self.cfg.beam > 1:
             beam = [self.translate_beam(model, p[0]) for p in pairs[:n]]
             out["bleu_beam"] = s2s.bleu(beam, [[r] for r in self.refs[split][:n]])
         return out
@@ -305,7 +337,7 @@ class TranslationTask(s2s.EarlyStopping, BaseTask):
         for lo in range(0, len(sources), 64):
             src, m = s2s.pad(sources[lo: lo + 64])
             state = model.start(src.to(dev), m.to(dev))
-            ids, _ = s2s.greedy(model.step, state, src.shape[1], self.cfg["max_out"])
+            ids, _ = s2s.greedy(model.step, state, src.shape[1], self.cfg.max_out)
             hyps += [self.tgt_vocab.decode(s) for s in ids]
         return hyps
 
@@ -313,14 +345,14 @@ class TranslationTask(s2s.EarlyStopping, BaseTask):
         dev = model_device(model)
         src, m = s2s.pad([source])
         state = model.start(src.to(dev), m.to(dev))
-        ids = s2s.beam_search(model.step, state, self.cfg["beam"], self.cfg["max_out"])
+        ids = s2s.beam_search(model.step, state, self.cfg.beam, self.cfg.max_out)
         return self.tgt_vocab.decode(ids)
 
 
 class Translation(Experiment):
-    def figures(self, out_dir: Path, cfg: dict[str, Any]) -> list[str]:
+    def figures(self, out_dir: Path, cfg: TranslationConfig) -> list[str]:
         """Attention of each row's seed-0 model on the first three test sentences."""
-        rows = list(cfg.get("rows") or self.rows)
+        rows = list(cfg.rows or self.rows)
         task = TranslationTask(rows[0], cfg, 0)
         lines = []
         for k in range(min(3, len(task.data["test"]))):
@@ -332,7 +364,7 @@ class Translation(Experiment):
                 if model is None:
                     continue
                 src, m = s2s.pad([source])
-                ids, alphas = s2s.greedy(model.step, model.start(src, m), 1, cfg["max_out"])
+                ids, alphas = s2s.greedy(model.step, model.start(src, m), 1, cfg.max_out)
                 words = [*t.tgt_vocab.decode(ids[0]), "<eos>"]
                 alpha = torch.stack([a[0] for a in alphas[: len(words)]])
                 panels.append((row, alpha, [*task.src_vocab.decode(source), "<eos>"], words))
@@ -360,7 +392,7 @@ EXPERIMENT = Translation(
         "tokens) with greedy and beam decoding (mean ± std over seeds)."
     ),
     presets=PRESETS,
-    rows=ROWS,
+    rows=tuple(ROWS),
     columns=[("best_valid_nll", "valid NLL (best)"), ("best_step", "best update"),
              ("best_test_bleu", "test BLEU greedy (best)"),
              ("best_test_bleu_beam", "test BLEU beam (best)"), ("valid_nll", "valid NLL (last)"),

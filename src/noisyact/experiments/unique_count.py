@@ -19,6 +19,7 @@ Rows (Table 5, plus NAH):
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -27,33 +28,72 @@ from torch import Tensor, nn
 from ..anneal import InverseSqrt, NoiseAnnealer
 from ..rnn import NoisyLSTM
 from .base import Claim, ClassificationTask, Experiment, batch_generator
+from .config import StepsConfig
 
-ROWS = ("reference", "hard", "NAN", "curriculum", "NAN-annealed", "NANIL-annealed", "NAH",
-        "NANIL-authors-annealed")
 
-_COMMON = {"length": 26, "vocab": 11, "batch_size": 64, "lr": 1e-2, "optimizer": "adam",
-           "clip": 5.0, "c0": 30.0, "c_floor": 0.5, "c_fixed": 0.5, "curriculum_min": 5,
-           "curriculum_frac": 0.5, "valid_size": 2000, "test_size": 5000, "log_every": 10,
-           "rows": list(ROWS)}
+@dataclass(frozen=True)
+class Row:
+    """What a row changes: the recurrent layer, its noise scale c and the curriculum."""
+
+    variant: str | None = None  # NoisyLSTM variant ("hard", "NAN", ...); None: torch's nn.LSTM
+    fixed_c: bool = False  # c of every noisy unit is c_fixed (else the library's default)
+    annealed: bool = False  # c annealed: c_t = max(c_floor, c0/√(t+1)), t += 1/anneal_every
+    curriculum: bool = False  # length grown from curriculum_min over curriculum_frac of training
+
+
+ROWS = {
+    "reference": Row(),
+    "hard": Row("hard"),
+    "NAN": Row("NAN", fixed_c=True),
+    "curriculum": Row(curriculum=True),
+    "NAN-annealed": Row("NAN", annealed=True),
+    "NANIL-annealed": Row("NANIL", annealed=True),
+    "NAH": Row("NAH", fixed_c=True),
+    "NANIL-authors-annealed": Row("NANIL-authors", annealed=True),
+}
+
+
+@dataclass(frozen=True)
+class UniqueCountConfig(StepsConfig):
+    """Settings of the unique-count experiment (defaults: the quick preset)."""
+
+    rows: tuple[str, ...] = tuple(ROWS)
+    batch_size: int = 64
+    lr: float = 1e-2
+    steps: int = 3000
+    eval_every: int = 250
+    ckpt_every: int = 500
+    length: int = 26  # integers per sequence
+    vocab: int = 11  # the integers are 0 … vocab − 1
+    hidden: int = 64  # LSTM units
+    mlp: int = 64  # units of the ReLU layer after the pooling
+    c0: float = 30.0  # annealed rows: c at t = 0
+    c_floor: float = 0.5  # annealed rows: the lowest c
+    anneal_every: float = 0.5  # annealed rows: updates per step of t (0.5: t += 2 per update)
+    c_fixed: float = 0.5  # c of the rows with a fixed c (NAN, NAH)
+    curriculum_min: int = 5  # curriculum row: the length at update 0
+    curriculum_frac: float = 0.5  # curriculum row: the fraction of updates to reach ``length``
+    valid_size: int = 2000  # validation sequences (a fixed set)
+    test_size: int = 5000  # test sequences (a fixed set)
+
+
+# t advances twice per update: c reaches the 0.5 floor after 1800 of the 3000 updates
+QUICK = UniqueCountConfig()
 
 PRESETS = {
-    "smoke": {**_COMMON, "hidden": 16, "mlp": 16, "steps": 30, "eval_every": 15,
-              "ckpt_every": 15, "anneal_every": 0.5, "valid_size": 200, "test_size": 200,
-              "seeds": 1},
-    # t advances twice per update: c reaches the 0.5 floor after 1800 of the 3000 updates
-    "quick": {**_COMMON, "hidden": 64, "mlp": 64, "steps": 3000, "eval_every": 250,
-              "ckpt_every": 500, "anneal_every": 0.5, "seeds": 1},
+    "smoke": replace(QUICK, hidden=16, mlp=16, steps=30, eval_every=15, ckpt_every=15,
+                     valid_size=200, test_size=200),
+    "quick": QUICK,
     # Long enough to decide Table 5's ordering (the reference leaves its ~55 % majority-class
     # plateau only near 8,000 updates at this size): 20,000 updates, 5 seeds, evaluated every
     # 250 updates to see the plateau exit. The schedule is scaled to the budget so that c reaches
     # its 0.5 floor in the last third: c_t = max(0.5, 30/√(t+1)) hits 0.5 at t = 3599, i.e. at
     # step ⌈3599 · anneal_every⌉; anneal_every must lie in [13,334/3599, 20,000/3599] =
     # [3.70, 5.56]; 4.5 puts the floor at step 16,196 (81 % of training).
-    "long": {**_COMMON, "hidden": 64, "mlp": 64, "steps": 20_000, "eval_every": 250,
-             "ckpt_every": 1000, "anneal_every": 4.5, "seeds": 5},
+    "long": replace(QUICK, steps=20_000, ckpt_every=1000, anneal_every=4.5, seeds=5),
     # the paper's schedule (t every 200 updates; floor reached after 720k updates)
-    "paper": {**_COMMON, "hidden": 128, "mlp": 128, "steps": 800_000, "eval_every": 5000,
-              "ckpt_every": 5000, "anneal_every": 200.0, "test_size": 20000, "seeds": 5},
+    "paper": replace(QUICK, hidden=128, mlp=128, steps=800_000, eval_every=5000,
+                     ckpt_every=5000, anneal_every=200.0, test_size=20000, seeds=5),
 }
 
 
@@ -94,45 +134,43 @@ class UniqueCountModel(nn.Module):
 
 
 class UniqueCountTask(ClassificationTask):
-    def __init__(self, row: str, cfg: dict[str, Any], seed: int) -> None:
+    def __init__(self, row: str, cfg: UniqueCountConfig, seed: int) -> None:
         self.row, self.cfg, self.seed = row, cfg, seed
+        self.spec = ROWS[row]
         self.eval_sets = {
-            split: make_batch(cfg[f"{split}_size"], cfg["length"], cfg["vocab"],
+            split: make_batch(size, cfg.length, cfg.vocab,
                               torch.Generator().manual_seed(10_000 + i))
-            for i, split in enumerate(("valid", "test"))
+            for i, (split, size) in enumerate((("valid", cfg.valid_size),
+                                               ("test", cfg.test_size)))
         }
 
     def build_model(self) -> nn.Module:
-        c = self.cfg
-        if self.row in ("reference", "curriculum"):
-            rnn: nn.Module = nn.LSTM(c["vocab"], c["hidden"], batch_first=True)
-        elif self.row == "hard":
-            rnn = NoisyLSTM(c["vocab"], c["hidden"], batch_first=True, variant="hard")
+        c, spec = self.cfg, self.spec
+        if spec.variant is None:
+            rnn: nn.Module = nn.LSTM(c.vocab, c.hidden, batch_first=True)
         else:
-            variant = self.row.removesuffix("-annealed")
-            fixed = None if self.row.endswith("annealed") else c["c_fixed"]
-            rnn = NoisyLSTM(c["vocab"], c["hidden"], batch_first=True, variant=variant,
+            fixed = c.c_fixed if spec.fixed_c else None
+            rnn = NoisyLSTM(c.vocab, c.hidden, batch_first=True, variant=spec.variant,
                             gate_c=fixed, unit_c=fixed)
-        return UniqueCountModel(c["vocab"], c["hidden"], c["mlp"], rnn)
+        return UniqueCountModel(c.vocab, c.hidden, c.mlp, rnn)
 
     def annealer(self, model: nn.Module) -> NoiseAnnealer | None:
-        if not self.row.endswith("annealed"):
+        if not self.spec.annealed:
             return None
         c = self.cfg
-        return NoiseAnnealer(model, InverseSqrt(c["c0"], every=c["anneal_every"],
-                                                floor=c["c_floor"]))
+        return NoiseAnnealer(model, InverseSqrt(c.c0, every=c.anneal_every, floor=c.c_floor))
 
     def length_at(self, step: int) -> int:
         c = self.cfg
-        if self.row != "curriculum":
-            return c["length"]
-        ramp = max(1, int(c["curriculum_frac"] * c["steps"]))
+        if not self.spec.curriculum:
+            return c.length
+        ramp = max(1, int(c.curriculum_frac * c.steps))
         f = min(1.0, step / ramp)
-        return round(c["curriculum_min"] + f * (c["length"] - c["curriculum_min"]))
+        return round(c.curriculum_min + f * (c.length - c.curriculum_min))
 
     def batch(self, step: int, rank: int, world_size: int) -> tuple[Tensor, Tensor]:
         gen = batch_generator(self.seed, step, rank)
-        return make_batch(self.cfg["batch_size"], self.length_at(step), self.cfg["vocab"], gen)
+        return make_batch(self.cfg.batch_size, self.length_at(step), self.cfg.vocab, gen)
 
     def summarize(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         return plateau_summary(history)
@@ -169,7 +207,7 @@ EXPERIMENT = Experiment(
         "time-average pooling + ReLU MLP. Test error % on a fixed test set (mean ± std over seeds)."
     ),
     presets=PRESETS,
-    rows=ROWS,
+    rows=tuple(ROWS),
     columns=[("test_error", "test error %"),
              ("plateau_exit", "updates to leave the plateau (valid error < 50 %)"),
              ("left_plateau", "left the plateau (fraction of seeds)")],
