@@ -257,3 +257,28 @@ def test_results_page_has_the_heading_publish_fills():
     page = os.path.join(os.path.dirname(__file__), "..", "docs", "results.md")
     with open(page, encoding="utf-8") as f:
         assert f"## {exp.name} ({exp.paper_table})\n" in f.read()
+
+
+def test_alpha_only_is_nan_without_noise():
+    """alpha-only trains with the unit NAN evaluates with: no randomness in training, the same
+    outputs as NAN in eval (same init), a non-zero input gradient where hard has none."""
+    x = 4 * torch.randn(6, 3, 5)
+    torch.manual_seed(0)
+    alpha = A.build_rnn("alpha-only", 5, 4).train()
+    torch.manual_seed(0)
+    nan = A.build_rnn("NAN", 5, 4).eval()
+    torch.manual_seed(0)
+    hard = A.build_rnn("hard", 5, 4).train()
+    out1, _ = alpha(x)
+    out2, _ = alpha(x)
+    assert torch.equal(out1, out2)
+    torch.testing.assert_close(out1, nan(x)[0])
+    nan.train()
+    assert not torch.equal(nan(x)[0], nan(x)[0])  # while NAN's training output is random
+    # in saturation (|x| ≫ 1 everywhere) hard passes no gradient to the input; alpha-only does
+    big = (50 * torch.ones(2, 1, 5)).requires_grad_()
+    hard(big)[0].sum().backward()
+    assert torch.count_nonzero(big.grad) == 0
+    big.grad = None
+    alpha(big)[0].sum().backward()
+    assert torch.count_nonzero(big.grad) > 0

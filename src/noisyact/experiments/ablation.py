@@ -16,6 +16,8 @@ row             unit (training; eval is the expectation over ξ, Eq. 13 analogue
 ==============  ===================================================================================
 NAN, NAH        the library's units (fused path)
 hard            hard-sigmoid/hard-tanh, no noise, α = 1 (does noise matter at all?)
+alpha-only      NAN with c = 0: αh(x) + (1 − α)u(x) without noise (the unit NAN evaluates with);
+                its slope 1 − α ≠ 0 in saturation gives the gradient that hard lacks there
 p-fixed         NAN with p frozen at its U(−1, 1) init (library units, ``requires_grad=False``)
 p-one           NAN with p = 1 frozen
 sigma-const     NAN with σ(x) of Eq. 9 replaced by one σ̄ for every saturated element of the unit:
@@ -200,8 +202,8 @@ class DropoutNoise(nn.Module):
 # --- rows ----------------------------------------------------------------------------------------
 
 GATE_ALPHA, UNIT_ALPHA, C = 1.1, 1.15, 0.5  # the library's defaults (authors' code)
-ABLATION_ROWS = ("NAN", "NAH", "hard", "p-fixed", "p-one", "sigma-const", "d-random",
-                 "d-outward", "NANI", "NANIL", "NANIL-authors", "dropout-noise")
+ABLATION_ROWS = ("NAN", "NAH", "hard", "alpha-only", "p-fixed", "p-one", "sigma-const",
+                 "d-random", "d-outward", "NANI", "NANIL", "NANIL-authors", "dropout-noise")
 GRID_C = (0.05, 0.15, 0.5, 1.0, 2.0, 5.0, 30.0)
 GRID_ALPHA = (1.0, 1.05, 1.1, 1.15, 1.3, 1.5)
 COARSE_C = (0.05, 0.5, 5.0)
@@ -243,6 +245,7 @@ ROWS: dict[str, Row] = {
     "NAN": Row(),
     "NAH": Row("NAH"),
     "hard": Row("hard", **_LIBRARY),
+    "alpha-only": Row(c=0.0),
     "p-fixed": Row(p="fixed"),
     "p-one": Row(p="one"),
     "sigma-const": Row(unit="ablated", sigma="const"),
@@ -528,6 +531,10 @@ def _claims() -> tuple[Claim, ...]:
             Claim("NAN", "NANIL-authors", m, lab), Claim("NANIL-authors", "NANIL", m, lab),
             Claim("NAN", "hard", m, lab),
             Claim("NAN", "hard", "plateau_update", "updates to leave the plateau",
+                  missing_as="steps"),
+            # the noise itself, against the same unit without it (α's slope kept)
+            Claim("NAN", "alpha-only", m, lab),
+            Claim("NAN", "alpha-only", "plateau_update", "updates to leave the plateau",
                   missing_as="steps"))
 
 
