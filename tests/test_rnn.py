@@ -448,3 +448,43 @@ def test_clip_output_fused_layer_equals_reference(kind, variant):
         for a in units:
             a.clip_output = False
         assert not m(big)[0].isfinite().all()
+
+
+def test_import_does_not_import_dynamo():
+    """``import noisyact`` stays cheap: Dynamo (≈ 1.7 s to import) is loaded only by users who
+    compile (regression: a ``@torch.compiler.disable`` at class definition imported it)."""
+    import subprocess
+    import sys
+
+    code = "import sys, noisyact; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_compiled_model_runs_the_recurrence_as_a_graph_break():
+    """Under torch.compile the layer's time loop is not unrolled: Dynamo breaks the graph at the
+    layer (the Linear before it is one graph, the head after it another), and no captured graph
+    grows with the sequence length."""
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    lstm = NoisyLSTM(4, 5, variant="NAH").eval()
+    lin = nn.Linear(3, 4)
+
+    def fn(x):
+        return lstm(lin(x))[0].sum(-1)
+
+    sizes = {}
+    for T in (3, 12):
+        torch._dynamo.reset()
+        graphs = []
+
+        def backend(gm, example_inputs, graphs=graphs):
+            graphs.append(len(gm.graph.nodes))
+            return gm.forward
+
+        x = torch.randn(T, 2, 3)
+        torch.testing.assert_close(torch.compile(fn, backend=backend)(x), fn(x))
+        assert len(graphs) >= 2  # a graph before the layer and one after: the loop ran outside
+        sizes[T] = sum(graphs)
+    assert sizes[12] == sizes[3]

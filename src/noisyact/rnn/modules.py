@@ -17,7 +17,10 @@ input, state and output handling of ``nn.LSTM``/``nn.GRU`` and the two classes' 
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -58,6 +61,27 @@ def _reverse_time(x: Tensor, lengths: Tensor | None) -> Tensor:
     idx = torch.where(t < n, n - 1 - t, t)
     return x.gather(0, idx.unsqueeze(-1).expand_as(x))
 
+
+
+def _compiler_disable_lazily(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compiler.disable(fn)``, made when first needed.
+
+    Decorating at import would import Dynamo (≈ 1.7 s of every ``import noisyact``, also for
+    users who never compile). Until ``torch._dynamo`` is imported nothing can be compiling, so
+    ``fn`` runs as it is; once it is, every call goes through the disabled function (Dynamo
+    runs it as a graph break, also when it is first made inside a trace).
+    """
+    disabled: list[Callable[..., Any]] = []
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if "torch._dynamo" not in sys.modules:
+            return fn(*args, **kwargs)
+        if not disabled:
+            disabled.append(torch.compiler.disable(fn))
+        return disabled[0](*args, **kwargs)
+
+    return run
 
 class _NoisyRNNBase(nn.Module):
     _gates: int  # 4 (LSTM) or 3 (GRU)
@@ -225,7 +249,7 @@ class _NoisyRNNBase(nn.Module):
 
     # The recurrence is a Python loop over time steps around compiled kernels: a compiled model
     # runs it as it is (a graph break) instead of unrolling T steps into one huge graph.
-    @torch.compiler.disable
+    @_compiler_disable_lazily
     def _run(self, input: Tensor | PackedSequence, states: list[Tensor | None]):
         x, lengths, batched, packed = self._parse_input(input)
         w = self.weight_ih_l0
