@@ -11,7 +11,7 @@ reference steps :func:`~noisyact.rnn.reference.lstm_step` / ``gru_step``. The ce
 :mod:`noisyact.rnn.cells`.
 
 The constructors take the arguments of ``nn.LSTM``/``nn.GRU`` plus the unit settings, hence
-more than eight parameters (the drop-in signature). About 420 lines: most of it is the drop-in
+more than eight parameters (the drop-in signature). About 450 lines: most of it is the drop-in
 input, state and output handling of ``nn.LSTM``/``nn.GRU`` and the two classes' docstrings.
 """
 
