@@ -8,8 +8,14 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .modules import _allow_missing_noise_keys
-from .reference import GRUActivations, LSTMActivations, UnitConfig, gru_step, lstm_step
+from .reference import (
+    GRUActivations,
+    LSTMActivations,
+    UnitConfig,
+    allow_missing_noise_keys,
+    gru_step,
+    lstm_step,
+)
 
 __all__ = ["NoisyGRUCell", "NoisyLSTMCell"]
 
@@ -48,7 +54,7 @@ class _NoisyCellBase(nn.Module):
         self.noise_l0 = acts_cls(hidden_size, cfg, generator, factory)
         self.config = cfg
         self.reset_parameters()
-        self.register_load_state_dict_post_hook(_allow_missing_noise_keys)
+        self.register_load_state_dict_post_hook(allow_missing_noise_keys)
 
     def reset_parameters(self) -> None:
         bound = 1.0 / math.sqrt(self.hidden_size)

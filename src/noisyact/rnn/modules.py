@@ -29,7 +29,14 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from ._fused_gru import fused_gru_layer
 from ._fused_lstm import fused_lstm_layer
-from .reference import GRUActivations, LSTMActivations, UnitConfig, gru_step, lstm_step
+from .reference import (
+    GRUActivations,
+    LSTMActivations,
+    UnitConfig,
+    allow_missing_noise_keys,
+    gru_step,
+    lstm_step,
+)
 
 __all__ = ["NoisyGRU", "NoisyLSTM", "from_torch"]
 
@@ -149,7 +156,7 @@ class _NoisyRNNBase(nn.Module):
                 self.add_module(f"noise_l{layer}{sfx}",
                                 acts_cls(hidden_size, self.config, generator, factory))
         self.reset_parameters()
-        self.register_load_state_dict_post_hook(_allow_missing_noise_keys)
+        self.register_load_state_dict_post_hook(allow_missing_noise_keys)
 
     @property
     def num_directions(self) -> int:
@@ -282,13 +289,6 @@ class _NoisyRNNBase(nn.Module):
         if not batched:
             fin = [f.squeeze(1) for f in fin]
         return out, fin
-
-
-def _allow_missing_noise_keys(module: nn.Module, incompatible: Any) -> None:
-    """An ``nn.LSTM``/``nn.GRU`` state dict loads strictly: only the noise parameters may miss."""
-    missing = incompatible.missing_keys
-    missing[:] = [k for k in missing if not any(part.startswith("noise_l")
-                                                for part in k.split("."))]
 
 
 class NoisyLSTM(_NoisyRNNBase):

@@ -23,7 +23,7 @@ from ..modules import HardSigmoid, NoisyHardSigmoid, NoisyHardTanh
 from ..variants import VARIANTS
 
 __all__ = ["KINDS", "GRUActivations", "LSTMActivations", "RecurrentUnits", "UnitConfig",
-           "gru_step", "lstm_step"]
+           "allow_missing_noise_keys", "gru_step", "lstm_step"]
 
 #: Unit kinds: the variants, "hard" (hard functions, no noise: Table 4's middle row) and
 #: "soft" (exact sigmoid/tanh: the reference model).
@@ -138,3 +138,11 @@ def gru_step(acts: RecurrentUnits, gi: Tensor, gh: Tensor, h_prev: Tensor) -> Te
     r, z = acts.gate(torch.cat([ir + hr, iz + hz], -1)).chunk(2, -1)
     n = acts.cand(in_ + r * hn)
     return (1.0 - z) * n + z * h_prev
+
+
+def allow_missing_noise_keys(module: nn.Module, incompatible: Any) -> None:
+    """A load-state-dict post hook of the noisy layers and cells: an ``nn.LSTM``/``nn.GRU`` (or
+    cell) state dict loads strictly, only the noise parameters (``noise_l*``) may be missing."""
+    missing = incompatible.missing_keys
+    missing[:] = [k for k in missing if not any(part.startswith("noise_l")
+                                                for part in k.split("."))]
