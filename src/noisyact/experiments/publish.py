@@ -113,10 +113,27 @@ def section(pub: Published, page_dir: Path) -> str:
     claims = [c for c in exp.claims if c.better in pub.finals() and c.than in pub.finals()]
     if claims:
         parts.append(verdict_table(claims, pub.finals()))
-    curves = figure_copies(pub, page_dir).get("curves.png")
+    copies = figure_copies(pub, page_dir)
+    curves = copies.get("curves.png")
     if curves is not None:
         parts.append(f"![{pub.name} learning curves]({_rel(curves, page_dir)})")
+    for alt, name in extra_figures(pub):  # an experiment's own figures (the ablation's grid)
+        if name in copies:
+            parts.append(f"![{pub.name}: {alt}]({_rel(copies[name], page_dir)})")
     return "\n\n".join(parts)
+
+
+_FIGURE = re.compile(r"^!\[([^\]]*)\]\(([^)/]+\.png)\)$", re.MULTILINE)
+
+
+def extra_figures(pub: Published) -> list[tuple[str, str]]:
+    """(caption, file) of the figures the folder's results.md shows besides the learning curves,
+    in its order."""
+    page = pub.path / "results.md"
+    if not page.is_file():
+        return []
+    return [(alt, name) for alt, name in _FIGURE.findall(page.read_text())
+            if name != "curves.png"]
 
 
 def figure_copies(pub: Published, page_dir: Path) -> dict[str, Path]:
