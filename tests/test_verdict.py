@@ -183,3 +183,26 @@ def test_a_run_without_the_metric_is_left_out_not_counted_as_the_budget():
     v = judge(claim, {"noisy": [{"steps": 3000}, {"plateau_exit": 900, "steps": 3000}],
                       "regular": [{"plateau_exit": None, "steps": 3000}]})
     assert v.better.values == (900.0,) and v.than.values == (3000.0,)
+
+
+def test_an_experiments_own_figures_are_linked_in_its_block(tmp_path):
+    """Figures that a folder's results.md shows besides the curves (the ablation's heat maps) are
+    copied and linked in the generated block, in results.md's order, with its captions."""
+    results = tmp_path / "results"
+    folder = _fake_ptb_folder(results, "ptb-paper", {"reference": [115.0, 116.0],
+                                                     "NAN": [108.0, 108.5]})
+    docs = tmp_path / "docs" / "results.md"
+    docs.parent.mkdir()
+    docs.write_text("# Results\n\n## ptb (Table 2)\n")
+    assert cli.main(["report", str(results), "--docs", str(docs)]) == 0
+    # the report rewrites results.md; an experiment's figures() lines are kept in it
+    (folder / "heat.png").write_bytes(b"\x89PNG fake")
+    (folder / "line.png").write_bytes(b"\x89PNG other")
+    with open(folder / "results.md", "a") as f:
+        f.write("\n![a heat map](heat.png)\n\n![a line plot](line.png)\n")
+    pub = publish.load(folder)
+    assert publish.extra_figures(pub) == [("a heat map", "heat.png"), ("a line plot", "line.png")]
+    block = publish.section(pub, docs.parent)
+    heat = block.index("![ptb-paper: a heat map](figures/ptb-paper/heat.png)")
+    line = block.index("![ptb-paper: a line plot](figures/ptb-paper/line.png)")
+    assert block.index("](figures/ptb-paper/curves.png)") < heat < line
