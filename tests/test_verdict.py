@@ -206,3 +206,20 @@ def test_an_experiments_own_figures_are_linked_in_its_block(tmp_path):
     heat = block.index("![ptb-paper: a heat map](figures/ptb-paper/heat.png)")
     line = block.index("![ptb-paper: a line plot](figures/ptb-paper/line.png)")
     assert block.index("](figures/ptb-paper/curves.png)") < heat < line
+
+
+def test_summary_uses_a_folder_that_has_both_rows_of_the_headline_claim(tmp_path):
+    """A second, more complete folder of the same experiment that ran other rows (e.g. a rerun
+    of one row with more seeds) must not replace the headline's folder in the README summary."""
+    results = tmp_path / "results"
+    _fake_ptb_folder(results, "ptb-paper", {"reference": [115.0, 116.0], "NAN": [108.0, 108.5]})
+    _fake_ptb_folder(results, "ptb-paper-hard", {"reference": [115.0, 116.0, 115.5],
+                                                 "hard": [120.0, 121.0, 122.0]})
+    docs = tmp_path / "docs" / "results.md"
+    docs.parent.mkdir()
+    docs.write_text("# Results\n\n## ptb (Table 2)\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results-summary:start -->\n<!-- results-summary:end -->\n")
+    assert cli.main(["report", str(results), "--docs", str(docs), "--readme", str(readme)]) == 0
+    line = next(x for x in readme.read_text().splitlines() if x.startswith("| Table 2 |"))
+    assert "(`ptb-paper`)" in line and "108.25 ± 0.35 (n=2)" in line

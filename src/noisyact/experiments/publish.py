@@ -155,7 +155,7 @@ def _rel(target: Path, page_dir: Path) -> str:
 
 def summary(pubs: list[Published], page_dir: Path, results_page: Path) -> str:
     """The README's summary: per paper table, the headline claim, the paper's numbers, ours
-    (the most complete run folder) and the verdict."""
+    (the most complete run folder that has both rows of the claim) and the verdict."""
     link = _rel(results_page, page_dir)
     lines = ["| paper | claim | paper's numbers | ours | verdict | details |",
              "|---|---|---|---|---|---|"]
@@ -175,7 +175,8 @@ def summary(pubs: list[Published], page_dir: Path, results_page: Path) -> str:
             lines.append(f"| {exp.paper_table} | {claim.text} | {paper} | no run folder yet | — "
                          f"| [{name}]({anchor}) |")
             continue
-        best = mine[-1]
+        # the most complete folder among those that ran both rows of the claim
+        best = ([p for p in mine if {claim.better, claim.than} <= p.finals().keys()] or mine)[-1]
         v = judge(claim, best.finals())
         ours = f"{v.better} vs {v.than} (`{best.name}`)"
         lines.append(f"| {exp.paper_table} | {claim.text} | {paper} | {ours} | **{v.verdict}** | "
