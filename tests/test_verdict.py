@@ -124,15 +124,22 @@ def _fake_ptb_folder(root: Path, name: str, values: dict[str, list[float]]) -> P
     return folder
 
 
-def test_generated_pages_carry_tables_and_verdicts(tmp_path):
-    results = tmp_path / "results"
-    _fake_ptb_folder(results, "ptb-paper", {"reference": [115.0, 116.0, 115.5],
-                                            "NAN": [108.0, 108.5, 109.0]})
+def _pages(tmp_path: Path, readme_text: str) -> tuple[Path, Path]:
+    """A docs page with the ptb heading and a README holding ``readme_text``, for ``report``."""
     docs = tmp_path / "docs" / "results.md"
     docs.parent.mkdir()
     docs.write_text("# Results\n\n## ptb (Table 2)\n\nhand-written prose\n")
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- results-summary:start -->\nold\n<!-- results-summary:end -->\n")
+    readme.write_text(readme_text)
+    return docs, readme
+
+
+def test_generated_pages_carry_tables_and_verdicts(tmp_path):
+    results = tmp_path / "results"
+    _fake_ptb_folder(results, "ptb-paper", {"reference": [115.0, 116.0, 115.5],
+                                            "NAN": [108.0, 108.5, 109.0]})
+    docs, readme = _pages(tmp_path, "intro\n<!-- results-summary:start -->\nold\n"
+                                    "<!-- results-summary:end -->\n")
     assert cli.main(["report", str(results), "--docs", str(docs), "--readme", str(readme)]) == 0
     page = docs.read_text()
     assert "<!-- generated:ptb-paper:start -->" in page and "hand-written prose" in page
@@ -215,11 +222,7 @@ def test_summary_uses_a_folder_that_has_both_rows_of_the_headline_claim(tmp_path
     _fake_ptb_folder(results, "ptb-paper", {"reference": [115.0, 116.0], "NAN": [108.0, 108.5]})
     _fake_ptb_folder(results, "ptb-paper-hard", {"reference": [115.0, 116.0, 115.5],
                                                  "hard": [120.0, 121.0, 122.0]})
-    docs = tmp_path / "docs" / "results.md"
-    docs.parent.mkdir()
-    docs.write_text("# Results\n\n## ptb (Table 2)\n")
-    readme = tmp_path / "README.md"
-    readme.write_text("<!-- results-summary:start -->\n<!-- results-summary:end -->\n")
+    docs, readme = _pages(tmp_path, "<!-- results-summary:start -->\n<!-- results-summary:end -->\n")
     assert cli.main(["report", str(results), "--docs", str(docs), "--readme", str(readme)]) == 0
     line = next(x for x in readme.read_text().splitlines() if x.startswith("| Table 2 |"))
     assert "(`ptb-paper`)" in line and "108.25 ± 0.35 (n=2)" in line
