@@ -172,3 +172,151 @@ def test_first_build_on_a_machine_is_announced_once(tmp_path, monkeypatch, capsy
     monkeypatch.setitem(compiler._state, "announced", False)  # a later process on this machine
     compiler._announce_first_build()
     assert capsys.readouterr().err == ""
+
+
+# Tiered compilation: eager first, compiled once the eager calls have cost compile_after().
+
+
+class _Recorder:
+    """Stands in for the compiler: records each compilation and runs the kernel eagerly."""
+
+    def __init__(self):
+        self.built = []
+
+    def __call__(self, kernel, args, static, inline):
+        self.built.append(len(args))
+        return compiler._Eager(kernel, static)
+
+
+def test_kernels_run_eagerly_until_their_eager_time_reaches_the_budget(compile_mode,
+                                                                        monkeypatch):
+    import time
+
+    recorder = _Recorder()
+    monkeypatch.setattr(compiler, "_compile", recorder)
+    monkeypatch.setitem(compiler._state, "compiled", {})
+    noisyact.set_compile_after(0.05)
+
+    def slow(x):
+        time.sleep(0.02)
+        return x + 1
+
+    x = torch.zeros(3)
+    spent = 0.0
+    for _ in range(10):
+        k = compiler.compiled_kernel(slow, (x,))
+        assert isinstance(k, compiler._Tiered)
+        if k.compiled:
+            break
+        assert not recorder.built
+        before = time.perf_counter()
+        torch.testing.assert_close(k(x), x + 1)
+        spent += time.perf_counter() - before
+    assert recorder.built == [1]  # compiled once, at the call after the budget was spent
+    assert spent >= 0.05
+    assert spent - 0.02 < 0.05 + 0.02 * 5  # and not much later (sleep may overshoot)
+    k(x)
+    assert recorder.built == [1]  # and then never again
+
+
+def test_a_budget_of_zero_compiles_at_once_and_infinity_never(compile_mode, monkeypatch):
+    recorder = _Recorder()
+    monkeypatch.setattr(compiler, "_compile", recorder)
+    monkeypatch.setitem(compiler._state, "compiled", {})
+    noisyact.set_compile_after(float("inf"))
+    k = compiler.compiled_kernel(torch.neg, (torch.ones(2),))
+    for _ in range(50):
+        k(torch.ones(2))
+    assert recorder.built == []
+    monkeypatch.setitem(compiler._state, "compiled", {})
+    noisyact.set_compile_after(0)
+    compiler.compiled_kernel(torch.neg, (torch.ones(2),))
+    assert recorder.built == [1]
+
+
+def test_off_the_cpu_kernels_count_calls_not_time(compile_mode, monkeypatch):
+    recorder = _Recorder()
+    monkeypatch.setattr(compiler, "_compile", recorder)
+    noisyact.set_compile_after(1e6)  # the time budget does not apply off the CPU
+    k = compiler._Tiered(torch.neg, (), False, on_cpu=False)
+    for _ in range(compiler.COMPILE_AFTER_CALLS):
+        k(torch.ones(2))
+    assert recorder.built == []
+    k(torch.ones(2))
+    assert recorder.built == [1]
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan")])
+def test_compile_after_refuses_a_bad_budget(bad):
+    with pytest.raises(ValueError, match="seconds must be a number >= 0"):
+        noisyact.set_compile_after(bad)
+
+
+def test_compile_after_reads_and_checks_its_environment_variable(monkeypatch):
+    monkeypatch.setitem(compiler._state, "compile_after", None)
+    monkeypatch.setenv("NOISYACT_COMPILE_AFTER", "0.5")
+    assert noisyact.compile_after() == 0.5
+    monkeypatch.setitem(compiler._state, "compile_after", None)
+    monkeypatch.setenv("NOISYACT_COMPILE_AFTER", "soon")
+    with pytest.raises(ValueError, match="NOISYACT_COMPILE_AFTER must be a number"):
+        noisyact.compile_after()
+
+
+FIRST_CALLS = """
+import sys, torch, noisyact
+act = noisyact.NoisyHardTanh("NAH", num_parameters=16, dim=-1)
+act(torch.randn(8, 16) * 3).sum().backward()
+m = noisyact.NoisyLSTM(8, 8, num_layers=2, variant="NAH")
+y, _ = m(torch.randn(5, 3, 8))
+y.square().mean().backward()
+assert noisyact.fused_mode() == "compile"
+print(sorted(n for n in ("torch._inductor", "torch._dynamo") if n in sys.modules))
+"""
+
+
+def test_first_calls_of_a_new_process_load_no_compiler():
+    """The default settings: a noisy activation's and a noisy LSTM's first forward and backward
+    run eagerly, without importing Dynamo or Inductor (that costs seconds a process; building a
+    ``torch.optim`` optimizer imports Dynamo by itself, so the test uses none)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NOISYACT_FUSED", "NOISYACT_COMPILE_AFTER")}
+    out = subprocess.run([sys.executable, "-c", FIRST_CALLS], env={**env, "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_loop_calls_its_kernel_compiled_once_the_budget_is_spent(compile_mode, monkeypatch):
+    recorder = _Recorder()
+    monkeypatch.setattr(compiler, "_compile", recorder)
+    monkeypatch.setitem(compiler._state, "compiled", {})
+    noisyact.set_compile_after(1e-12)  # spent by the first eager call
+    step = compiler.loop_kernel(torch.neg)
+    x = torch.ones(2)
+    torch.testing.assert_close(step(x), -x)  # eager
+    assert isinstance(step._run, compiler._Tiered) and recorder.built == []
+    torch.testing.assert_close(step(x), -x)  # compiled here, then bound directly
+    assert recorder.built == [1] and isinstance(step._run, compiler._Eager)
+
+
+def test_the_experiment_runner_compiles_at_the_first_call_unless_told(monkeypatch):
+    """A training run must not switch from eager to compiled code at a time-dependent point
+    (the two round differently): the runner compiles at once unless NOISYACT_COMPILE_AFTER is
+    set."""
+    from noisyact.experiments import get, run_experiment
+
+    monkeypatch.delenv("NOISYACT_COMPILE_AFTER", raising=False)
+    noisyact.set_compile_after(5.0)
+    with pytest.raises(ValueError):  # stops at the bad override, after choosing the budget
+        run_experiment(get("gaussians"), "smoke", overrides=["no_such_setting=1"],
+                       progress=False)
+    assert noisyact.compile_after() == 0
+    monkeypatch.setenv("NOISYACT_COMPILE_AFTER", "3")
+    monkeypatch.setitem(compiler._state, "compile_after", None)
+    with pytest.raises(ValueError):
+        run_experiment(get("gaussians"), "smoke", overrides=["no_such_setting=1"],
+                       progress=False)
+    assert noisyact.compile_after() == 3.0

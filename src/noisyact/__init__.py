@@ -10,6 +10,7 @@ Quick start::
 
 from . import functional, saturating
 from .anneal import Constant, Cosine, Exponential, InverseSqrt, Linear, NoiseAnnealer
+from .compiler import compile_after, set_compile_after
 from .convert import NoisifyReport, noise_parameters, noisify, param_groups, register_converter
 from .fused import fused_mode, set_fused_mode
 from .modules import (
@@ -56,6 +57,7 @@ __all__ = [
     "NoisyTanh",
     "Saturating",
     "__version__",
+    "compile_after",
     "create_act_layer",
     "functional",
     "fused_mode",
@@ -68,6 +70,7 @@ __all__ = [
     "param_groups",
     "register_converter",
     "saturating",
+    "set_compile_after",
     "set_fused_mode",
     "set_noise_source",
 ]

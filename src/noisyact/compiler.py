@@ -22,6 +22,17 @@ signature and process: 1-5 s of tracing even when Inductor's cache holds the cod
 arguments must be contiguous (the compiled code assumes row-major strides): a strided one is an
 error at lookup, and :func:`run_kernel` makes them contiguous.
 
+When a kernel is compiled. Compiling costs 1-5 s per signature and process; running a kernel
+eagerly costs a few times its compiled time per call. A process that calls a kernel a few times
+(a notebook, a test, a script that checks a checkpoint) should never pay the first price, and a
+training run should not pay the second for long. So in ``"compile"`` mode a kernel runs eagerly
+at first and is compiled once the eager calls of its signature have taken
+:func:`compile_after` seconds in all (default 2 s; on a device other than the CPU, where eager
+calls return before the work is done, after 20 calls): the choice of the ski-rental problem,
+which never pays more than about twice what the best choice in hindsight would have. The
+first call of a noisy module thus costs what the eager path costs; ``set_compile_after(0)``
+compiles at the first call.
+
 With a torch that lacks ``standalone_compile``, kernels are compiled with
 ``torch.compile(dynamic=True)`` instead. If compilation fails (no working C++ compiler, no
 Triton), a warning is given once and every kernel runs eagerly from then on: the same numbers,
@@ -30,7 +41,9 @@ only slower.
 
 from __future__ import annotations
 
+import math
 import os
+import time
 import types
 import warnings
 from collections.abc import Callable, Sequence
@@ -41,13 +54,17 @@ from torch import Tensor
 
 from ._validation import env_choice
 
-__all__ = ["compiled_kernel", "flatten", "fused_mode", "loop_kernel", "run_kernel",
-           "set_fused_mode", "unflatten"]
+__all__ = ["compile_after", "compiled_kernel", "flatten", "fused_mode", "loop_kernel",
+           "run_kernel", "set_compile_after", "set_fused_mode", "unflatten"]
 
 _MODES = ("compile", "eager", "off")
 # mode None: not chosen yet; the first use reads NOISYACT_FUSED (default "compile"). Read lazily
 # so that a bad value fails the run that uses the fused path, not ``import noisyact``.
-_state: dict[str, Any] = {"mode": None, "compiled": {}}
+_state: dict[str, Any] = {"mode": None, "compiled": {}, "compile_after": None}
+
+#: Eager calls of one signature before it is compiled, on devices whose eager calls return
+#: before their work is done (so that their time says nothing).
+COMPILE_AFTER_CALLS = 20
 
 #: Inductor settings for kernels that should be one loop nest: never store an intermediate (the
 #: heuristics that do so on reuse or on long expressions would add a full-size buffer and a
@@ -76,6 +93,29 @@ def fused_mode() -> str:
     if _state["mode"] is None:
         _state["mode"] = env_choice("NOISYACT_FUSED", _MODES, "compile")
     return str(_state["mode"])
+
+
+def set_compile_after(seconds: float) -> None:
+    """In ``"compile"`` mode, compile a kernel once its eager calls (of one signature) have taken
+    ``seconds`` in all (default 2; 0: at the first call; ``math.inf``: never, i.e. eager). Also
+    settable with the environment variable ``NOISYACT_COMPILE_AFTER``."""
+    value = float(seconds)
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"seconds must be a number >= 0, got {seconds!r}")
+    _state["compile_after"] = value
+
+
+def compile_after() -> float:
+    """The eager time after which a kernel is compiled (see :func:`set_compile_after`); until
+    one is set, that of ``NOISYACT_COMPILE_AFTER`` (default 2), checked here."""
+    if _state["compile_after"] is None:
+        raw = os.environ.get("NOISYACT_COMPILE_AFTER", "2")
+        try:
+            set_compile_after(float(raw))
+        except ValueError:
+            raise ValueError(f"NOISYACT_COMPILE_AFTER must be a number of seconds >= 0, "
+                             f"got {raw!r}") from None
+    return float(_state["compile_after"])
 
 
 # Structured arguments. A *spec* describes a structure: ``None`` for a leaf (a tensor or None),
@@ -313,13 +353,58 @@ def _has_standalone_compile() -> bool:
     return True
 
 
+def _compile(kernel: Callable[..., Any], args: Sequence[Any], static: tuple[Any, ...],
+             inline: bool) -> Callable[..., Any]:
+    """``kernel`` compiled for the signature of ``args`` (eager, with a warning, if that fails)."""
+    _announce_first_build()
+    try:
+        if _has_standalone_compile():
+            inner: Callable[..., Any] = _Standalone(kernel, args, static, inline)
+        else:
+            inner = _Dynamo(kernel, static, inline)
+    except Exception as exc:
+        _give_up(exc)
+        return _Eager(kernel, static)
+    return _Guarded(inner, kernel, static)
+
+
+class _Tiered:
+    """A kernel run eagerly until its eager calls have cost :func:`compile_after` seconds (or,
+    off the CPU, :data:`COMPILE_AFTER_CALLS` calls), then compiled (module docstring)."""
+
+    def __init__(self, kernel: Callable[..., Any], static: tuple[Any, ...], inline: bool,
+                 on_cpu: bool) -> None:
+        self._kernel, self._static, self._inline = kernel, static, inline
+        self._cost = 0.0  # eager seconds so far (on the CPU) or calls (elsewhere)
+        self._budget = compile_after() if on_cpu else float(COMPILE_AFTER_CALLS)
+        self._on_cpu = on_cpu
+        self._compiled: Callable[..., Any] | None = None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the kernel has been compiled (or compiling it has been tried)."""
+        return self._compiled is not None
+
+    def __call__(self, *args: Any) -> Any:
+        if self._compiled is not None:
+            return self._compiled(*args)
+        if fused_mode() == "compile" and self._cost >= self._budget:
+            self._compiled = _compile(self._kernel, args, self._static, self._inline)
+            return self._compiled(*args)
+        start = time.perf_counter()
+        out = self._kernel(*args, *self._static)
+        self._cost += time.perf_counter() - start if self._on_cpu else 1.0
+        return out
+
+
 def compiled_kernel(kernel: Callable[..., Any], args: Sequence[Any],
                     static: tuple[Any, ...] = (), inline: bool = False) -> Callable[..., Any]:
     """A callable that runs ``kernel(*a, *static)`` for arguments ``a`` with the signature of
     ``args`` (same structure, absent tensors, dtypes, devices, size-0/1 dimensions), all
     tensors contiguous.
 
-    In ``"compile"`` mode it is compiled on first request (see the module docstring) and cached;
+    In ``"compile"`` mode it is compiled (see the module docstring) once its eager calls have
+    cost :func:`compile_after` seconds, at once if that is 0, and cached per signature;
     ``inline`` compiles the kernel as one loop nest without intermediate buffers
     (:data:`INLINE_OPTIONS`). Otherwise the kernel runs eagerly. A loop that calls one kernel
     many times with the same kinds of inputs uses :func:`loop_kernel`.
@@ -335,16 +420,13 @@ def compiled_kernel(kernel: Callable[..., Any], args: Sequence[Any],
     key = (kernel, static, inline, spec, _signature(leaves))
     compiled = _state["compiled"].get(key)
     if compiled is None:
-        _announce_first_build()
-        try:
-            if _has_standalone_compile():
-                inner: Callable[..., Any] = _Standalone(kernel, args, static, inline)
-            else:
-                inner = _Dynamo(kernel, static, inline)
-        except Exception as exc:
-            _give_up(exc)
-            return _Eager(kernel, static)
-        compiled = _Guarded(inner, kernel, static)
+        if compile_after() == 0:
+            compiled = _compile(kernel, args, static, inline)
+            if isinstance(compiled, _Eager):
+                return compiled
+        else:
+            on_cpu = all(a is None or a.device.type == "cpu" for a in leaves)
+            compiled = _Tiered(kernel, static, inline, on_cpu)
         _state["compiled"][key] = compiled
     return compiled
 
@@ -363,9 +445,13 @@ class _FirstCall:
         self._run: Callable[..., Any] | None = None
 
     def __call__(self, *args: Any) -> Any:
-        if self._run is None:
-            self._run = compiled_kernel(self._kernel, args, self._static, self._inline)
-        return self._run(*args)
+        run = self._run
+        if run is None:
+            run = self._run = compiled_kernel(self._kernel, args, self._static, self._inline)
+        out = run(*args)
+        if type(run) is _Tiered and run._compiled is not None:
+            self._run = run._compiled  # the loop calls the compiled kernel directly from now on
+        return out
 
 
 def loop_kernel(kernel: Callable[..., Any], static: tuple[Any, ...] = (),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import nullcontext
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from ..compiler import fused_mode
+from ..compiler import compile_after, fused_mode, set_compile_after
 from ..noise import noise_source
 from ..training.checkpoint import atomic_write_json
 from ..training.distributed import DistInfo, barrier, setup_distributed
@@ -205,12 +206,13 @@ def _train_one(spec: RunSpec, dist: DistInfo, progress: bool) -> RunOutcome:
     return RunOutcome(spec.row, spec.seed, final)
 
 
-def _worker_init(threads: int, noise_source: str, fused: str) -> None:
+def _worker_init(threads: int, noise_source: str, fused: str, after: float) -> None:
     from .. import compiler, noise
 
     torch.set_num_threads(threads)
     noise.set_noise_source(noise_source)
     compiler.set_fused_mode(fused)
+    compiler.set_compile_after(after)
 
 
 def _worker(spec: RunSpec) -> RunOutcome:
@@ -244,7 +246,13 @@ def run_experiment(exp: Experiment, preset: str = "quick", *, seeds: int | None 
     """
     if preset not in exp.presets:
         raise ValueError(f"preset must be one of {', '.join(exp.presets)}, got {preset!r}")
-    noise_source(), fused_mode()  # NOISYACT_NOISE / NOISYACT_FUSED: ValueError if bad
+    # NOISYACT_NOISE / NOISYACT_FUSED / NOISYACT_COMPILE_AFTER: ValueError if bad
+    noise_source(), fused_mode(), compile_after()
+    if "NOISYACT_COMPILE_AFTER" not in os.environ:
+        # kernels compiled at their first call: when a kernel switches from eager to compiled
+        # code (which round differently) must not depend on timing, or a rerun would not be
+        # bit-identical; a training run amortises the compilation anyway
+        set_compile_after(0)
     cfg = exp.presets[preset].with_overrides(overrides)  # typed and checked (ValueError)
     n_seeds = int(seeds if seeds is not None else cfg.seeds)
     if n_seeds < 1:
@@ -301,7 +309,8 @@ def _run_all(specs: list[RunSpec], dist: DistInfo, jobs: int, progress: bool
     threads = max(1, torch.get_num_threads() // jobs)
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
-                             initargs=(threads, noise.noise_source(), compiler.fused_mode())
+                             initargs=(threads, noise.noise_source(), compiler.fused_mode(),
+                                       compiler.compile_after())
                              ) as pool:
         for future in as_completed([pool.submit(_worker, s) for s in specs]):
             yield future.result()
