@@ -3,7 +3,7 @@
     python benchmarks/ab_gather.py [--reps N]
 
 Each compiled kernel gathers the tensors of its (structured) arguments at every call with an
-indexer generated once (``noisyact.compiler._gatherer``). This script swaps it, in one process,
+indexer generated once (``noisyact._kernel_args.gatherer``). This script swaps it, in one process,
 for the recursive walk over the arguments that it replaced, and times `NoisyLSTM` (2 layers of
 200, batch 20, 20 steps: the PTB size, NAH units) in inference and in training with the two
 interleaved; it prints the median of the per-repetition time ratios walk / indexer.

@@ -62,8 +62,8 @@ def test_failed_compilation_warns_once_and_runs_eagerly(compile_mode, monkeypatc
     def broken(*args, **kwargs):
         raise RuntimeError("no compiler here")
 
-    monkeypatch.setattr(compiler, "_Standalone", broken)
-    monkeypatch.setattr(compiler, "_Dynamo", broken)
+    monkeypatch.setattr(compiler, "Standalone", broken)
+    monkeypatch.setattr(compiler, "Dynamo", broken)
     monkeypatch.setitem(compiler._state, "compiled", {})
     args = (torch.randn(3, 4), torch.randn(1, 4), None)
     with pytest.warns(RuntimeWarning, match="no compiler here"):
@@ -89,11 +89,11 @@ def test_bad_mode():
 
 def test_torch_compile_path_gives_the_same_numbers(compile_mode, monkeypatch):
     """A torch without standalone_compile compiles with torch.compile."""
-    monkeypatch.setattr(compiler, "_has_standalone_compile", lambda: False)
+    monkeypatch.setattr(compiler, "has_standalone_compile", lambda: False)
     monkeypatch.setitem(compiler._state, "compiled", {})
     args = (torch.randn(3, 4), torch.randn(1, 4), None)
     k = compiler.compiled_kernel(_kernel, args, (2.0,))
-    assert isinstance(k._compiled, compiler._Dynamo)
+    assert isinstance(k._compiled, compiler.Dynamo)
     got, want = k(*args), _kernel(*args, 2.0)
     torch.testing.assert_close(got[0], want[0])
     torch.testing.assert_close(got[2], want[2])

@@ -58,9 +58,7 @@ settings and the figures of the study live together so that one file shows the w
 
 from __future__ import annotations
 
-import math
 import re
-import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -68,10 +66,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import functional as F
 from ..rnn import NoisyLSTM
-from ..saturating import HARD_SIGMOID, HARD_TANH, Saturating
+from ..saturating import HARD_SIGMOID, HARD_TANH
 from ..training.report import collect
+from .ablation_figures import Cells, grid_figures
+from .ablation_units import AblatedOutputNoise, DropoutNoise
 from .base import BaseTask, Claim, ClassificationTask, Experiment, batch_generator, uniform_init_
 from .config import StepsConfig
 from .ptb import EXPERIMENT as PTB_EXPERIMENT
@@ -79,125 +78,6 @@ from .ptb import PRESETS as PTB_PRESETS
 from .ptb import LanguageModel, PTBConfig, PTBTask
 from .unique_count import QUICK as UC_QUICK
 from .unique_count import UniqueCountModel, make_batch
-
-# --- the ablated units ---------------------------------------------------------------------------
-
-DIRECTIONS = ("inward", "random", "outward")
-
-
-def matched_sigma(delta: Tensor, p: Tensor, c: float) -> Tensor:
-    """σ̄: the mean of Eq. 9's σ = c (g(p∆) − 0.5)² over the saturated elements (∆ ≠ 0), detached;
-    0 when nothing saturates."""
-    with torch.no_grad():
-        sat = delta != 0
-        if not bool(sat.any()):
-            return delta.new_zeros(())
-        sigma = F.noise_scale(delta, p, c)
-        return sigma[sat].mean()
-
-
-class AblatedOutputNoise(nn.Module):
-    """Eq. 12 with one part switched: ``sigma="eq9"|"const"`` (σ(x) of Eq. 9 or σ̄ of
-    :func:`matched_sigma` where saturated), ``direction="inward"|"random"|"outward"`` (d(x) of
-    §4.2, a random sign, or −d(x)) and ``half_normal`` (ε = |ξ| or ξ).
-
-    Training: αh + (1 − α)u + d σ ε. Eval: the expectation over ξ (Eq. 13 analogue):
-    αh + (1 − α)u + d σ E[ε], with E[ε] = √(2/π) for half-normal and E[d] = 0 for a random sign.
-    p has one value per feature along the last axis, initialised U(−1, 1) (§6).
-    """
-
-    def __init__(self, fn: Saturating, n: int, *, alpha: float, c: float, sigma: str = "eq9",
-                 direction: str = "inward", half_normal: bool = False) -> None:
-        super().__init__()
-        if sigma not in ("eq9", "const"):
-            raise ValueError(f"sigma must be 'eq9' or 'const', got {sigma!r}")
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-        self.fn, self.alpha, self.c = fn, float(alpha), float(c)
-        self.sigma, self.direction, self.half_normal = sigma, direction, half_normal
-        self.p = nn.Parameter(torch.empty(n))
-        self.calls = 0  # forward calls (tests check that a layer really runs this unit)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """p ~ U(−1, 1) (§6)."""
-        with torch.no_grad():
-            self.p.uniform_(-1.0, 1.0)
-
-    def _sigma(self, delta: Tensor) -> Tensor:
-        if self.sigma == "eq9":
-            return F.noise_scale(delta, self.p, self.c)  # Eq. 9
-        return matched_sigma(delta, self.p, self.c) * (delta != 0).to(delta.dtype)
-
-    def _direction(self, x: Tensor, coin: Tensor | None) -> Tensor:
-        d = F.noise_direction(x, self.alpha)  # d(x) = −sgn(x) sgn(1 − α), sgn(0) = 1
-        if self.direction == "outward":
-            return -d
-        if self.direction == "random":
-            if coin is None:
-                coin = torch.randint(0, 2, x.shape, device=x.device).to(x.dtype) * 2 - 1
-            return coin
-        return d
-
-    def noisy(self, x: Tensor, xi: Tensor, coin: Tensor | None = None) -> Tensor:
-        """The training output for a given ξ (and, for ``direction="random"``, signs ``coin``)."""
-        h, u = self.fn.h(x), self.fn.u(x)
-        eps = xi.abs() if self.half_normal else xi
-        delta = F.saturation(h, u)  # Eq. 8
-        return (self.alpha * h + (1.0 - self.alpha) * u
-                + self._direction(x, coin) * self._sigma(delta) * eps)
-
-    def expectation(self, x: Tensor) -> Tensor:
-        """E_ξ of :meth:`noisy` (eval)."""
-        h, u = self.fn.h(x), self.fn.u(x)
-        out = self.alpha * h + (1.0 - self.alpha) * u
-        if self.half_normal and self.direction != "random":
-            sigma = self._sigma(F.saturation(h, u))
-            out = out + self._direction(x, None) * sigma * F.HALF_NORMAL_MEAN
-        return out
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.calls += 1
-        if self.training:
-            return self.noisy(x, torch.randn_like(x))
-        return self.expectation(x)
-
-    def extra_repr(self) -> str:
-        return (f"{self.fn.name}, n={self.p.numel()}, alpha={self.alpha:g}, c={self.c:g}, "
-                f"sigma={self.sigma}, direction={self.direction}, half_normal={self.half_normal}")
-
-
-class DropoutNoise(nn.Module):
-    """A regulariser baseline: h(x)·(1 + s ξ) in training, h(x) in eval, with s = σ̄
-    (:func:`matched_sigma` of Eq. 9 with a U(−1, 1) p that receives no gradient)."""
-
-    def __init__(self, fn: Saturating, n: int, *, c: float) -> None:
-        super().__init__()
-        self.fn, self.c = fn, float(c)
-        self.p = nn.Parameter(torch.empty(n), requires_grad=False)
-        self.calls = 0
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        with torch.no_grad():
-            self.p.uniform_(-1.0, 1.0)
-
-    def scale(self, x: Tensor) -> Tensor:
-        """s = σ̄ over the saturated elements of x."""
-        return matched_sigma(F.saturation(self.fn.h(x), self.fn.u(x)), self.p, self.c)
-
-    def noisy(self, x: Tensor, xi: Tensor) -> Tensor:
-        return self.fn.h(x) * (1.0 + self.scale(x) * xi)
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.calls += 1
-        if self.training:
-            return self.noisy(x, torch.randn_like(x))
-        return self.fn.h(x)
-
-    def extra_repr(self) -> str:
-        return f"{self.fn.name}, n={self.p.numel()}, c={self.c:g}"
-
 
 # --- rows ----------------------------------------------------------------------------------------
 
@@ -439,10 +319,10 @@ class Ablation(Experiment):
         return super().train_config(cfg, seed, **loop)
 
     def figures(self, out_dir: Path, cfg: AblationConfig) -> list[str]:
-        return grid_figures(out_dir, list(cfg.rows), cfg.task)
+        return grid_figures(out_dir, _cells(Path(out_dir), list(cfg.rows)), cfg.task)
 
 
-def _cells(out_dir: Path, rows: list[str]) -> dict[tuple[float, float], dict[str, list[float]]]:
+def _cells(out_dir: Path, rows: list[str]) -> Cells:
     cells = {}
     for rr in collect(out_dir, [r for r in rows if r in GRID_ROWS]):
         row = ROWS[rr.row]
@@ -450,76 +330,6 @@ def _cells(out_dir: Path, rows: list[str]) -> dict[tuple[float, float], dict[str
         cells[(row.c, row.alpha[0])] = {"score": rr.values("test_score"),
                                         "left": rr.values("left_plateau")}
     return cells
-
-
-def grid_figures(out_dir: Path, rows: list[str], task: str) -> list[str]:
-    """Heat maps (mean test score; fraction of seeds that left the plateau) over (c, α) and one
-    line plot per axis, with the paper's values (c = 0.5; α = 1.1 gates, 1.15 units) marked."""
-    cells = _cells(Path(out_dir), rows)
-    if not any(v["score"] for v in cells.values()):
-        return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cs = sorted({c for c, _ in cells})
-    alphas = sorted({a for _, a in cells})
-    label = "test error %" if task == "unique-count" else "test perplexity"
-    lines = []
-
-    def mean(v: list[float]) -> float:
-        return statistics.fmean(v) if v else math.nan
-
-    maps = [("score", f"mean {label}", "grid_score.png")]
-    if task == "unique-count":
-        maps.append(("left", "fraction of seeds that left the plateau", "grid_plateau.png"))
-    for key, title, name in maps:
-        z = [[mean(cells.get((c, a), {}).get(key, [])) for c in cs] for a in alphas]
-        fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(cs), 1.0 + 0.6 * len(alphas)))
-        im = ax.imshow(z, origin="lower", aspect="auto", cmap="viridis")
-        ax.set_xticks(range(len(cs)), [f"{c:g}" for c in cs])
-        ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
-        ax.set_xlabel("c (Eq. 9)")
-        ax.set_ylabel("α (Eq. 12), gates and units")
-        for i, row in enumerate(z):
-            for j, v in enumerate(row):
-                if not math.isnan(v):
-                    ax.text(j, i, f"{v:.2g}", ha="center", va="center", color="w", fontsize=7)
-                paper = cs[j] == 0.5 and alphas[i] in (1.1, 1.15)
-                if paper:
-                    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False,
-                                               edgecolor="red", linewidth=2))
-        fig.colorbar(im, ax=ax)
-        ax.set_title(f"{title} (red: the paper's c = 0.5, α = 1.1 / 1.15)", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(Path(out_dir) / name, dpi=110)
-        plt.close(fig)
-        lines.append(f"![{title}]({name})")
-
-    for axis, xs, others, name in (("c", cs, alphas, "grid_c.png"),
-                                   ("α", alphas, cs, "grid_alpha.png")):
-        fig, ax = plt.subplots(figsize=(6.5, 4))
-        for o in others:
-            key = (lambda x, o=o: (x, o)) if axis == "c" else (lambda x, o=o: (o, x))
-            vals = [cells.get(key(x), {}).get("score", []) for x in xs]
-            m = [mean(v) for v in vals]
-            s = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in vals]
-            other = "α" if axis == "c" else "c"
-            ax.errorbar(xs, m, yerr=s, marker="o", capsize=2, label=f"{other} = {o:g}")
-        for v in ((0.5,) if axis == "c" else (1.1, 1.15)):
-            ax.axvline(v, color="red", linestyle="--", linewidth=1)
-        if axis == "c":
-            ax.set_xscale("log")
-        ax.set_xlabel(f"{axis} (red: the paper's value)")
-        ax.set_ylabel(f"{label} (mean ± std over seeds)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(Path(out_dir) / name, dpi=110)
-        plt.close(fig)
-        lines.append(f"![{label} against {axis}]({name})")
-    return lines
 
 
 def _claims() -> tuple[Claim, ...]:

@@ -20,7 +20,8 @@ Data:
 * ``flickr8k`` (paper): ``data_dir`` holding ``Flickr8k.token.txt``, the split lists
   ``Flickr_8k.{train,dev,test}Images.txt`` and ``features.pt``, a ``torch.save``d
   ``{"names": [image file names], "features": (n, L, D) tensor}``, e.g. VGG-19 conv5_4 (14 × 14
-  × 512) made by :func:`extract_features` from the images and locally held torchvision weights.
+  × 512) made by :func:`noisyact.experiments.flickr8k.extract_features` from the images and
+  locally held torchvision weights.
 
 Initialisation (§6.5: "the same 0.01 scaling of the orthogonal weight init"): the recurrent U
 orthogonal × ``ortho_scale`` (0.01; every row), the rest ``init_std``·N, biases 0. The model is
@@ -33,8 +34,8 @@ Metrics: test NLL per caption, BLEU-1…4 (sacrebleu, cumulative, 5 references, 
 tokens) of the greedy (or beam, ``beam`` > 1) caption. METEOR is not computed: it needs Java and
 its paraphrase tables, which this package cannot ship or download.
 
-Length: the data (synthetic shapes and Flickr8k features), the settings, the attention model
-and the task stay in one module like every experiment's (~490 lines).
+Length: the settings, the attention model and the task stay in one module like every
+experiment's (~400 lines); the data are :mod:`.shapes` and :mod:`.flickr8k`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from . import seq2seq as s2s
 from . import shapes
 from .base import BaseTask, Claim, Experiment, model_device, rank_slice, weights
 from .config import StepsConfig
+from .flickr8k import extract_features, load_flickr8k
 
 
 @dataclass(frozen=True)
@@ -207,86 +209,6 @@ class ShowAttendTell(nn.Module):
             total_alpha = total_alpha + alpha * mask[t].unsqueeze(1)
             prev = caps[t]
         return nll, ((1 - total_alpha) ** 2).sum(1)
-
-
-def _read_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise ValueError(f"{path} is missing: data_dir must hold Flickr8k.token.txt, "
-                         "Flickr_8k.{train,dev,test}Images.txt and features.pt (see the "
-                         "captioning docstring)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
-                         f"offset {exc.start})") from None
-    lines = [x for x in text.splitlines() if x.strip()]
-    if not lines:
-        raise ValueError(f"{path} is empty")
-    return lines
-
-
-def load_flickr8k(data_dir: str) -> dict[str, tuple[Tensor, list[list[str]]]]:
-    """Features and captions of each split from a Flickr8k folder with ``features.pt``."""
-    if not data_dir:
-        raise ValueError("the flickr8k dataset needs data_dir=/path/to/Flickr8k (with "
-                         "features.pt); nothing is downloaded")
-    folder = Path(data_dir)
-    caps: dict[str, list[str]] = {}
-    for line in _read_lines(folder / "Flickr8k.token.txt"):
-        key, _, text = line.partition("\t")
-        caps.setdefault(key.split("#")[0], []).append(text)
-    feat_path = folder / "features.pt"
-    if not feat_path.is_file():
-        raise ValueError(f"{feat_path} is missing; make it with "
-                         "noisyact.experiments.captioning.extract_features")
-    try:
-        saved = torch.load(feat_path, map_location="cpu")
-    except Exception as exc:  # truncated or not a torch file: one line naming it
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ValueError(f"{feat_path} cannot be read ({first})") from None
-    if not (isinstance(saved, dict) and {"names", "features"} <= set(saved)
-            and saved["features"].dim() == 3 and len(saved["names"]) == len(saved["features"])):
-        raise ValueError(f"{feat_path} must hold {{'names': [...], 'features': (n, L, D)}}")
-    index = {n: i for i, n in enumerate(saved["names"])}
-    out = {}
-    for split, fname in (("train", "trainImages"), ("valid", "devImages"),
-                         ("test", "testImages")):
-        names = _read_lines(folder / f"Flickr_8k.{fname}.txt")
-        missing = [n for n in names if n not in index or n not in caps]
-        if missing:
-            raise ValueError(f"{len(missing)} {split} images lack features or captions, e.g. "
-                             f"{missing[0]}")
-        out[split] = (saved["features"][[index[n] for n in names]],  # kept as saved (fp16)
-                      [caps[n] for n in names])
-    return out
-
-
-def extract_features(image_dir: str, weights: str, out: str, names: list[str] | None = None,
-                     batch_size: int = 16) -> Path:
-    """VGG-19 conv5_4 features (14 × 14 × 512 → (196, 512)) of 224 × 224 images, saved as
-    ``features.pt`` for the flickr8k dataset. ``weights``: a local torchvision VGG-19 state dict
-    (e.g. ``vgg19-dcbb9e9d.pth``); needs ``torchvision`` and ``Pillow``; nothing is downloaded."""
-    try:
-        from PIL import Image
-        from torchvision import models, transforms
-    except ImportError:
-        raise ImportError("extract_features needs torchvision and Pillow") from None
-    vgg = models.vgg19()
-    vgg.load_state_dict(torch.load(weights, map_location="cpu"))
-    body = vgg.features[:36].eval()  # through conv5_4 + ReLU, before the last pooling
-    prep = transforms.Compose([transforms.Resize((224, 224)), transforms.ToTensor(),
-                               transforms.Normalize([0.485, 0.456, 0.406],
-                                                    [0.229, 0.224, 0.225])])
-    names = names or sorted(p.name for p in Path(image_dir).glob("*.jpg"))
-    feats = []
-    with torch.no_grad():
-        for lo in range(0, len(names), batch_size):
-            x = torch.stack([prep(Image.open(Path(image_dir) / n).convert("RGB"))
-                             for n in names[lo: lo + batch_size]])
-            feats.append(body(x).flatten(2).transpose(1, 2).half())
-    path = Path(out)
-    torch.save({"names": names, "features": torch.cat(feats)}, path)
-    return path
 
 
 class CaptionTask(s2s.EarlyStopping, BaseTask):
