@@ -149,6 +149,19 @@ def test_translation_smoke_pipeline(tmp_path):
     for key in ("valid_nll", "test_bleu", "test_bleu_beam", "train_tokens_per_s"):
         assert final[key] is not None
     assert (out / "attention0.png").exists() and "attention0.png" in (out / "results.md").read_text()
+    _report_without_checkpoints_keeps(out, "translation", ["attention0.png", "attention2.png"])
+
+
+def _report_without_checkpoints_keeps(out, name, figures):
+    """A committed run folder has no checkpoints: regenerating its report keeps the figures its
+    run drew (they cannot be drawn again) instead of dropping them from results.md."""
+    from noisyact.experiments import write_report
+
+    for ck in out.glob("*/seed*/checkpoint.pt"):
+        ck.unlink()
+    page = write_report(get(name), out).read_text()
+    for fig in figures:
+        assert f"({fig})" in page, fig
 
 
 def test_synthetic_shapes_captions_describe_the_scene():
@@ -230,3 +243,5 @@ def test_captioning_smoke_pipeline(tmp_path):
     assert all(final[f"test_bleu{n}"] is not None for n in range(1, 5))
     assert final["test_bleu1"] >= final["test_bleu4"]
     assert (out / "attention-NANIL.png").exists()
+    _report_without_checkpoints_keeps(out, "captioning", ["attention-reference.png",
+                                                          "attention-NANIL.png"])

@@ -351,7 +351,8 @@ class TranslationTask(s2s.EarlyStopping, BaseTask):
 
 class Translation(Experiment):
     def figures(self, out_dir: Path, cfg: TranslationConfig) -> list[str]:
-        """Attention of each row's seed-0 model on the first three test sentences."""
+        """Attention of each row's seed-0 model on the first three test sentences (a folder
+        without checkpoints, such as a committed one, keeps the figures its run drew)."""
         rows = list(cfg.rows or self.rows)
         task = TranslationTask(rows[0], cfg, 0)
         lines = []
@@ -368,8 +369,10 @@ class Translation(Experiment):
                 words = [*t.tgt_vocab.decode(ids[0]), "<eos>"]
                 alpha = torch.stack([a[0] for a in alphas[: len(words)]])
                 panels.append((row, alpha, [*task.src_vocab.decode(source), "<eos>"], words))
+            path = out_dir / f"attention{k}.png"
             if panels:
-                path = s2s.plot_attention(out_dir / f"attention{k}.png", panels)
+                s2s.plot_attention(path, panels)
+            if path.exists():  # drawn now, or kept from the run (checkpoints are not committed)
                 lines.append(f"![attention, test sentence {k}]({path.name})")
         return lines
 
