@@ -22,7 +22,9 @@ training run should not pay the second for long. So in ``"compile"`` mode a kern
 at first and is compiled once the eager calls of its signature have taken
 :func:`compile_after` seconds in all (default 2 s; on a device other than the CPU, where eager
 calls return before the work is done, after 20 calls): the choice of the ski-rental problem,
-which never pays more than about twice what the best choice in hindsight would have. The
+which never pays more than about twice what the best choice in hindsight would have when the
+budget is close to what compiling costs (2 s stands for the 1-5 s of tracing with Inductor's
+on-disk cache warm; a first build on a new machine costs more, and the bound is looser). The
 first call of a noisy module thus costs what the eager path costs; ``set_compile_after(0)``
 compiles at the first call.
 
