@@ -7,8 +7,11 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 
 import noisyact
+from noisyact import compiler
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# at most 2 threads, shared out among pytest-xdist's workers (``-n``) when there are several
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
 
 #: The mode of the fused path that tests run in: "eager" (default: the same functions without
 #: compile latency) or "compile" (every fused kernel compiled by Inductor, as users run them; CI
@@ -23,7 +26,7 @@ if FUSED not in ("eager", "compile"):
 def _fused_mode_of_the_run():
     """Each test starts in the mode :data:`FUSED` and leaves the global state as it found it."""
     old, old_source = noisyact.fused_mode(), noisyact.noise_source()
-    old_after = noisyact.compile_after()
+    old_budget = {k: compiler._state[k] for k in ("compile_after", "compile_after_chosen")}
     noisyact.set_fused_mode(FUSED)
     # a test that runs the compiled path means it from the first call (tests of the tiered
     # compilation set their own budget)
@@ -31,7 +34,7 @@ def _fused_mode_of_the_run():
     yield
     noisyact.set_fused_mode(old)
     noisyact.set_noise_source(old_source)
-    noisyact.set_compile_after(old_after)
+    compiler._state.update(old_budget)
 
 
 @pytest.fixture(params=["off", FUSED])

@@ -304,19 +304,33 @@ def test_a_loop_calls_its_kernel_compiled_once_the_budget_is_spent(compile_mode,
 
 def test_the_experiment_runner_compiles_at_the_first_call_unless_told(monkeypatch):
     """A training run must not switch from eager to compiled code at a time-dependent point
-    (the two round differently): the runner compiles at once unless NOISYACT_COMPILE_AFTER is
-    set."""
-    from noisyact.experiments import get, run_experiment
+    (the two round differently): the runner compiles at once unless a budget was chosen (in
+    Python or with NOISYACT_COMPILE_AFTER), and leaves the caller's setting as it found it."""
+    from noisyact.experiments import base, get, run_experiment
 
+    seen = []
+    monkeypatch.setattr(base, "_run_experiment",
+                        lambda *args: seen.append(noisyact.compile_after()))
     monkeypatch.delenv("NOISYACT_COMPILE_AFTER", raising=False)
+    noisyact.set_compile_after(None)
+    run_experiment(get("gaussians"), "smoke", progress=False)
+    assert seen == [0] and not compiler.compile_after_chosen()
+    assert noisyact.compile_after() == 2  # the default again after the run
     noisyact.set_compile_after(5.0)
-    with pytest.raises(ValueError):  # stops at the bad override, after choosing the budget
-        run_experiment(get("gaussians"), "smoke", overrides=["no_such_setting=1"],
-                       progress=False)
-    assert noisyact.compile_after() == 0
+    run_experiment(get("gaussians"), "smoke", progress=False)
+    assert seen == [0, 5.0] and noisyact.compile_after() == 5.0
+    noisyact.set_compile_after(None)
     monkeypatch.setenv("NOISYACT_COMPILE_AFTER", "3")
-    monkeypatch.setitem(compiler._state, "compile_after", None)
-    with pytest.raises(ValueError):
-        run_experiment(get("gaussians"), "smoke", overrides=["no_such_setting=1"],
-                       progress=False)
-    assert noisyact.compile_after() == 3.0
+    run_experiment(get("gaussians"), "smoke", progress=False)
+    assert seen == [0, 5.0, 3.0] and noisyact.compile_after() == 3.0
+
+
+def test_set_compile_after_none_forgets_the_choice(monkeypatch):
+    monkeypatch.setenv("NOISYACT_COMPILE_AFTER", "0.25")
+    noisyact.set_compile_after(7)
+    assert noisyact.compile_after() == 7 and compiler.compile_after_chosen()
+    noisyact.set_compile_after(None)
+    assert noisyact.compile_after() == 0.25
+    monkeypatch.delenv("NOISYACT_COMPILE_AFTER")
+    noisyact.set_compile_after(None)
+    assert noisyact.compile_after() == 2 and not compiler.compile_after_chosen()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,26 @@ def test_overlap_is_undecided_and_says_how_many_seeds():
     assert "seeds per side" in v.reason
     n = seeds_needed([115.0, 116.0], [108.0, 119.0])
     assert n is not None and n > 2
+
+
+@pytest.mark.parametrize(("a", "b"), [([115.0, 116.0], [108.0, 119.0]), ([1.0, 3.0], [2.0, 2.1]),
+                                      ([0.5, 0.7, 0.9], [0.4, 0.5, 0.9]), ([1.0, 1.0], [2.0, 2.0]),
+                                      ([10.0, 10.01], [10.0, 30.0])])
+def test_seeds_needed_is_the_first_n_whose_interval_excludes_zero(a, b):
+    """The smallest n per side (same means and spreads) whose Welch interval excludes zero, by
+    the definition: every n below it does not."""
+    diff = abs(statistics.fmean(a) - statistics.fmean(b))
+    va, vb = statistics.variance(a), statistics.variance(b)
+
+    def half(n):
+        df = (n - 1) * (va + vb) ** 2 / (va * va + vb * vb) if va + vb > 0 else 2 * n - 2
+        return t_quantile(0.975, max(df, 1.0)) * math.sqrt((va + vb) / n)
+
+    n = seeds_needed(a, b, most=5000)
+    assert n is not None and half(n) < diff
+    assert n == 2 or half(n - 1) >= diff
+    assert all(half(k) > half(k + 1) for k in range(2, min(n, 40)))  # so no n below decides
+    assert seeds_needed(a, b, most=n - 1) is None if n > 2 else True
 
 
 def test_one_seed_is_always_undecided_even_with_a_large_gap():

@@ -50,13 +50,15 @@ from ._inductor import Dynamo, Standalone, has_standalone_compile
 from ._kernel_args import Spec, flatten, map_tensors, unflatten
 from ._validation import env_choice
 
-__all__ = ["compile_after", "compiled_kernel", "flatten", "fused_mode", "loop_kernel",
+__all__ = ["compile_after", "compile_after_chosen", "compiled_kernel", "flatten", "fused_mode", "loop_kernel",
            "run_kernel", "set_compile_after", "set_fused_mode", "unflatten"]
 
 _MODES = ("compile", "eager", "off")
 # mode None: not chosen yet; the first use reads NOISYACT_FUSED (default "compile"). Read lazily
 # so that a bad value fails the run that uses the fused path, not ``import noisyact``.
-_state: dict[str, Any] = {"mode": None, "compiled": {}, "compile_after": None}
+# compile_after None: not chosen yet; the first use reads NOISYACT_COMPILE_AFTER (default 2).
+_state: dict[str, Any] = {"mode": None, "compiled": {}, "compile_after": None,
+                          "compile_after_chosen": False}
 
 #: Eager calls of one signature before it is compiled, on devices whose eager calls return
 #: before their work is done (so that their time says nothing).
@@ -84,14 +86,26 @@ def fused_mode() -> str:
     return str(_state["mode"])
 
 
-def set_compile_after(seconds: float) -> None:
+def set_compile_after(seconds: float | None) -> None:
     """In ``"compile"`` mode, compile a kernel once its eager calls (of one signature) have taken
     ``seconds`` in all (default 2; 0: at the first call; ``math.inf``: never, i.e. eager). Also
-    settable with the environment variable ``NOISYACT_COMPILE_AFTER``."""
-    value = float(seconds)
+    settable with the environment variable ``NOISYACT_COMPILE_AFTER``; ``None`` forgets a budget
+    set here (back to that variable, or the default)."""
+    if seconds is None:
+        _state["compile_after"], _state["compile_after_chosen"] = None, False
+        return
+    _state["compile_after"] = _checked_budget(seconds, "seconds")
+    _state["compile_after_chosen"] = True
+
+
+def _checked_budget(seconds: float | str, name: str) -> float:
+    try:
+        value = float(seconds)
+    except ValueError:
+        value = math.nan
     if math.isnan(value) or value < 0:
-        raise ValueError(f"seconds must be a number >= 0, got {seconds!r}")
-    _state["compile_after"] = value
+        raise ValueError(f"{name} must be a number >= 0, got {seconds!r}")
+    return value
 
 
 def compile_after() -> float:
@@ -99,12 +113,14 @@ def compile_after() -> float:
     one is set, that of ``NOISYACT_COMPILE_AFTER`` (default 2), checked here."""
     if _state["compile_after"] is None:
         raw = os.environ.get("NOISYACT_COMPILE_AFTER", "2")
-        try:
-            set_compile_after(float(raw))
-        except ValueError:
-            raise ValueError(f"NOISYACT_COMPILE_AFTER must be a number of seconds >= 0, "
-                             f"got {raw!r}") from None
+        _state["compile_after"] = _checked_budget(raw, "NOISYACT_COMPILE_AFTER")
     return float(_state["compile_after"])
+
+
+def compile_after_chosen() -> bool:
+    """Whether the budget of :func:`compile_after` was chosen, by :func:`set_compile_after` or by
+    ``NOISYACT_COMPILE_AFTER``, rather than being the default."""
+    return bool(_state["compile_after_chosen"]) or "NOISYACT_COMPILE_AFTER" in os.environ
 
 
 _CLIPPED: dict[tuple[int, ...], tuple[int, ...]] = {}  # shape -> its sizes clipped to 2

