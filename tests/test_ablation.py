@@ -218,6 +218,7 @@ def test_plateau_update():
     assert A.plateau_update(hist[:2]) is None
 
 
+@pytest.mark.slow
 def test_smoke_runs_end_to_end(tmp_path):
     exp = get("ablation")
     out = run_experiment(exp, "smoke", out=tmp_path / "abl", progress=False, log=lambda *_: None)

@@ -141,6 +141,7 @@ def test_nmt_teacher_forced_nll_equals_stepwise_scores():
     assert nll[0].item() == pytest.approx(manual, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_translation_smoke_pipeline(tmp_path):
     out = run_experiment(get("translation"), "smoke", out=tmp_path / "mt", progress=False,
                          overrides=[f"data_dir={FIXTURE}", "rows=reference,NAH", "eval_size=12"],

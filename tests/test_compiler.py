@@ -30,6 +30,7 @@ def _check(args, scale=2.0):
     torch.testing.assert_close(got[2], want[2])
 
 
+@pytest.mark.slow
 def test_compiled_kernel_serves_every_size(compile_mode):
     """Traced once with sizes that happen to be equal (duck sizing would tie them together):
     other, unequal sizes give the eager numbers from the same compiled kernel."""

@@ -163,6 +163,7 @@ def test_early_stopping_keeps_the_best_state_and_tests_it_at_the_end():
     assert nan.summarize([]) == {"best_valid_nll": None, "best_step": None}
 
 
+@pytest.mark.slow
 def test_translation_resume_keeps_the_best_checkpoint(tmp_path):
     from noisyact.experiments import translation as mt
     from noisyact.training import load_checkpoint, train

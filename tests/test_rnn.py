@@ -188,6 +188,7 @@ def test_fused_and_generic_paths_agree_in_eval(cls, variant):
     torch.testing.assert_close(a[0], b[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls,dtype,tol", [(NoisyLSTM, torch.bfloat16, 3e-2),
                                            (NoisyGRU, torch.float16, 5e-3)])
 def test_half_precision_layers_follow_float32(cls, dtype, tol):
@@ -355,6 +356,7 @@ def test_inside_a_compiled_model():
     assert model[1].noise_l0.gate.p.grad is not None
 
 
+@pytest.mark.slow
 def test_compiled_kernels_survive_train_eval_and_batches_of_one(recwarn):
     """Regression: training, eval (no noise tensor) and one-sentence decoding used to pile up
     recompiles of one compiled kernel until Dynamo's limit, which switched every fused kernel of

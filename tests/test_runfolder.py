@@ -155,6 +155,7 @@ def test_config_records_what_determines_the_numbers(tmp_path, capsys, monkeypatc
     assert timing["wall_s"] > 0 and timing["finished_at"].endswith("Z")
 
 
+@pytest.mark.slow
 def test_parallel_jobs_give_the_results_of_one_process(tmp_path):
     exp = get("gaussians")
     overrides = ["rows=tanh,NAN", "steps=20", "eval_every=10", "ckpt_every=10"]
