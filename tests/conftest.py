@@ -43,14 +43,3 @@ def path(request):
     noisyact.set_fused_mode(request.param)
     return request.param
 
-
-def pytest_collection_modifyitems(items):
-    """Slow tests first (the ``slow`` mark, or a ``compile`` parameter: kernels compiled on a
-    cold cache), the rest in their usual order: pytest-xdist's workers then end together instead
-    of one finishing a 30 s test while the other idles."""
-    def slow(item):
-        params = getattr(item, "callspec", None)
-        return bool(item.get_closest_marker("slow")) or (
-            params is not None and "compile" in params.params.values())
-
-    items.sort(key=lambda item: not slow(item))
