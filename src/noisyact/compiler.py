@@ -50,8 +50,8 @@ from ._inductor import Dynamo, Standalone, has_standalone_compile
 from ._kernel_args import Spec, flatten, map_tensors, unflatten
 from ._validation import env_choice
 
-__all__ = ["compile_after", "compile_after_chosen", "compiled_kernel", "flatten", "fused_mode", "loop_kernel",
-           "run_kernel", "set_compile_after", "set_fused_mode", "unflatten"]
+__all__ = ["compile_after", "compile_after_chosen", "compiled_kernel", "flatten", "fused_mode",
+           "loop_kernel", "run_kernel", "set_compile_after", "set_fused_mode", "unflatten"]
 
 _MODES = ("compile", "eager", "off")
 # mode None: not chosen yet; the first use reads NOISYACT_FUSED (default "compile"). Read lazily

@@ -247,18 +247,18 @@ def run_experiment(exp: Experiment, preset: str = "quick", *, seeds: int | None 
     """
     # NOISYACT_NOISE / NOISYACT_FUSED / NOISYACT_COMPILE_AFTER: ValueError if bad
     noise_source(), fused_mode(), compile_after()
-    if compile_after_chosen():
-        return _run_experiment(exp, preset, seeds, out, device, resume, overwrite, jobs,
-                               overrides, progress, log)
     # unless told otherwise, kernels are compiled at their first call: when a kernel switches
     # from eager to compiled code (which round differently) must not depend on timing, or a
     # rerun would not be bit-identical; a training run amortises the compilation anyway
-    set_compile_after(0)
+    default_budget = not compile_after_chosen()
+    if default_budget:
+        set_compile_after(0)
     try:
         return _run_experiment(exp, preset, seeds, out, device, resume, overwrite, jobs,
                                overrides, progress, log)
     finally:
-        set_compile_after(None)
+        if default_budget:
+            set_compile_after(None)
 
 
 def _run_experiment(exp: Experiment, preset: str, seeds: int | None, out: str | Path | None,
