@@ -8,8 +8,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,3 +174,48 @@ def test_parallel_jobs_give_the_results_of_one_process(tmp_path):
             a, b = (json.loads((tmp_path / f"j{j}" / row / f"seed{seed}" / "final.json")
                                .read_text()) for j in (1, 2))
             assert a == b, (row, seed)
+
+
+KILLED_PARENT = """
+import multiprocessing, os, signal, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from noisyact.experiments.base import exit_with_parent
+
+if __name__ == "__main__":
+    init = exit_with_parent if sys.argv[1] == "watch" else None
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=init)
+    with open(sys.argv[2], "w") as f:
+        f.write(str(pool.submit(os.getpid).result()))
+    pool.submit(time.sleep, 60)
+    os.kill(os.getpid(), signal.SIGKILL)  # as `kill -9` of `noisyact run --jobs 2`
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is not alive
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
+@pytest.mark.parametrize("mode", ["watch", "none"])
+def test_a_worker_ends_with_its_killed_parent(tmp_path, mode):
+    script = tmp_path / "parent.py"
+    script.write_text(KILLED_PARENT)
+    pid_file = tmp_path / "worker.pid"
+    subprocess.run([sys.executable, str(script), mode, str(pid_file)], timeout=120,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = int(pid_file.read_text())
+    deadline = time.monotonic() + 15
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    try:
+        # without the watcher the orphan goes on (the control that shows the test can fail)
+        assert _alive(worker) == (mode == "none")
+    finally:
+        if _alive(worker):
+            os.kill(worker, signal.SIGKILL)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import multiprocessing.connection
+import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import nullcontext
@@ -205,9 +208,30 @@ def _train_one(spec: RunSpec, dist: DistInfo, progress: bool) -> RunOutcome:
     return RunOutcome(spec.row, spec.seed, final)
 
 
+def exit_with_parent() -> None:
+    """In a worker process: exit as soon as the parent process ends, however it ends.
+
+    A ``--jobs`` worker outlives a parent killed by a signal (only Ctrl-C reaches the whole
+    process group), and would go on training into a folder whose lock is gone, beside a
+    ``--resume`` that trains the same run. A daemon thread waits on the parent's sentinel (the
+    public ``multiprocessing.parent_process()``) and ends the worker; what it has finished is
+    in its atomic checkpoints, which ``--resume`` continues.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _worker_init(threads: int, noise_source: str, fused: str, after: float) -> None:
     from .. import compiler, noise
 
+    exit_with_parent()
     torch.set_num_threads(threads)
     noise.set_noise_source(noise_source)
     compiler.set_fused_mode(fused)
