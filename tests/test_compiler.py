@@ -1,12 +1,14 @@
 """noisyact.compiler: kernels compiled once per signature, symbolic sizes, eager fallback."""
 
+import inspect
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 import noisyact
-from noisyact import compiler
+from noisyact import _inductor, compiler
 
 
 def _kernel(x, y, z, scale):
@@ -336,3 +338,24 @@ def test_set_compile_after_none_forgets_the_choice(monkeypatch):
     monkeypatch.delenv("NOISYACT_COMPILE_AFTER")
     noisyact.set_compile_after(None)
     assert noisyact.compile_after() == 2 and not compiler.compile_after_chosen()
+
+
+def _elementwise(x):
+    return torch.sigmoid(x) * 3.0 + x
+
+
+@pytest.mark.skipif(not _inductor.has_standalone_compile(), reason="inspects the direct call")
+def test_a_kernel_first_compiled_on_a_tiny_input_has_a_parallel_loop(compile_mode):
+    """Regression: Inductor chose from the traced example's sizes whether a CPU loop is an
+    OpenMP parallel loop, so a kernel first compiled on a small input ran serially for every
+    later input (and its cache entry served that code to every later process): the activation
+    over 4096×4096 took 224 ms instead of 135 ms after a first call on 2×3."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        kernel = compiler.compiled_kernel(_elementwise, (torch.randn(2, 3),))
+        torch.testing.assert_close(kernel(torch.randn(2, 3)).shape, torch.Size([2, 3]))
+        source = Path(inspect.getsourcefile(kernel._compiled._direct)).read_text()
+    finally:
+        torch.set_num_threads(threads)
+    assert "#pragma omp parallel" in source

@@ -38,10 +38,26 @@ INLINE_OPTIONS = {"realize_opcount_threshold": 1 << 20, "realize_acc_reads_thres
                   "realize_reads_threshold": 1 << 20}
 
 
+#: Inductor settings for every kernel. ``cpp.min_chunk_size`` 1: a CPU loop is an OpenMP
+#: parallel loop whenever the process has several threads when the kernel is compiled. Inductor
+#: decides that once, from the sizes of the example it traces, and by default only for loops of
+#: at least 512 elements per thread: a kernel first compiled on a small input (a test, a smoke
+#: run, a first small batch) ran serially for every later input, whatever its size, and its
+#: on-disk cache entry (keyed without the example's sizes) served that serial code to every later
+#: process of the machine (the activation over 4096×4096 took 224 ms instead of 135 ms).
+#: (``cpp.dynamic_threads``, which defers the thread count to run time, also fixes that, but made
+#: the recurrent layers' small per-step kernels about 10 % slower.)
+COMMON_OPTIONS = {"cpp.min_chunk_size": 1}
+
+
 def _inductor_options(inline: bool) -> dict[str, Any]:
     import torch._inductor.config as inductor_config
 
-    return {k: v for k, v in INLINE_OPTIONS.items() if inline and hasattr(inductor_config, k)}
+    options = {k: v for k, v in COMMON_OPTIONS.items()
+               if hasattr(inductor_config.cpp, k.split(".", 1)[1])}
+    options.update((k, v) for k, v in INLINE_OPTIONS.items()
+                   if inline and hasattr(inductor_config, k))
+    return options
 
 
 class Standalone:
@@ -136,7 +152,7 @@ class Dynamo:
 
     def __init__(self, kernel: Callable[..., Any], static: tuple[Any, ...], inline: bool) -> None:
         self._fn = torch.compile(_clone(kernel), dynamic=True, fullgraph=True,
-                                 options=_inductor_options(inline) or None)
+                                 options=_inductor_options(inline))
         self._static = static
 
     def __call__(self, *args: Any) -> Any:
