@@ -162,3 +162,11 @@ def test_ptb_missing_data_says_how_to_get_it(tmp_path):
     (tmp_path / "ptb.test.txt").write_text("a\n")
     with pytest.raises(ValueError, match="not in the training text"):
         ptb.tokenize(ptb.load_text(str(tmp_path)))
+
+
+def test_run_log_shows_counts_as_integers():
+    """The per-run log line: ``plateau_exit=10000``, not ``1e+04``; other values to 4 digits."""
+    from noisyact.experiments.base import _number
+
+    assert [_number(v) for v in (10000.0, 2250, 0.26, 55.58, 1 / 3, float("nan"))] == [
+        "10000", "2250", "0.26", "55.58", "0.3333", "nan"]

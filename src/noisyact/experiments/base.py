@@ -325,7 +325,7 @@ def _run_experiment(exp: Experiment, preset: str, seeds: int | None, out: str | 
         for o in _run_all(todo, dist, jobs, progress):  # each as it finishes
             if dist.is_main:
                 shown = (f"FAILED ({o.final['failed']})" if o.failed else
-                         ", ".join(f"{k}={o.final[k]:.4g}" for k, _ in exp.columns
+                         ", ".join(f"{k}={_number(o.final[k])}" for k, _ in exp.columns
                                    if isinstance(o.final.get(k), int | float)))
                 log(f"[{exp.name}] {o.row} seed {o.seed}: {shown}")
         barrier(dist)
@@ -333,6 +333,11 @@ def _run_experiment(exp: Experiment, preset: str, seeds: int | None, out: str | 
             write_report(exp, out_dir, report_settings(json.loads(
                 folder.config_path.read_text(encoding="utf-8"))))
     return out_dir
+
+
+def _number(v: float) -> str:
+    """A value for the run log: counts as integers (10000, not 1e+04), others to 4 digits."""
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:.4g}"
 
 
 def _run_all(specs: list[RunSpec], dist: DistInfo, jobs: int, progress: bool
