@@ -74,8 +74,8 @@ class RecallConfig(StepsConfig):
 # Graves' 2-6 items with dntm's curriculum (slope 1e-5, batch 32: all 6 items from update
 # 6250), Adam 1e-3 and a global clip of 50 as quick, 20,000 updates and 3 seeds. The floor
 # of c (t = 3599) is reached at update ⌈3599 · 4.5⌉ = 16,196 (81 %): in the last third.
-# About 9 (noisy) to 12 (regular) updates/s on one CPU thread with 2-6 items: ≈ 40 min per
-# run, ≈ 2 h for the 6 runs with --jobs 2.
+# 21 (regular) and 26 (noisy) minutes per run on one CPU thread (2026-11-30): the 6 runs take
+# ≈ 1.5 h with --jobs 2.
 LONG = RecallConfig()
 
 PRESETS = {
