@@ -51,13 +51,19 @@ COMMON_OPTIONS = {"cpp.min_chunk_size": 1}
 
 
 def _inductor_options(inline: bool) -> dict[str, Any]:
+    """The settings above that this torch's Inductor has (a dotted name is a nested one)."""
     import torch._inductor.config as inductor_config
 
-    options = {k: v for k, v in COMMON_OPTIONS.items()
-               if hasattr(inductor_config.cpp, k.split(".", 1)[1])}
-    options.update((k, v) for k, v in INLINE_OPTIONS.items()
-                   if inline and hasattr(inductor_config, k))
-    return options
+    def known(name: str) -> bool:
+        node: Any = inductor_config
+        for part in name.split("."):
+            if not hasattr(node, part):
+                return False
+            node = getattr(node, part)
+        return True
+
+    wanted = {**COMMON_OPTIONS, **(INLINE_OPTIONS if inline else {})}
+    return {k: v for k, v in wanted.items() if known(k)}
 
 
 class Standalone:
