@@ -15,8 +15,8 @@ it cannot, and stops once lr < 1e-3. All weights start U(±0.08).
 
 Presets: ``paper`` is the original (2×400, batch 100, unroll 50, passes of 200 steps, target
 length 6 / nesting 3, combined curriculum); ``quick`` a smaller target (length 3, nesting 2) and
-model that learn in minutes here; ``long`` the same for 20,000 updates and 3 seeds (hours on a
-CPU, so that the curriculum climbs); ``smoke`` a few steps for tests.
+model that learn in minutes here; ``long`` the same for at most 20,000 updates and 3 seeds (an
+hour or two on a 2-core CPU, so that the curriculum climbs); ``smoke`` a few steps for tests.
 """
 
 from __future__ import annotations
@@ -78,9 +78,11 @@ PRESETS = {
                      pass_steps=100, check_every=50, check_at=10, steps=2000, log_every=25),
     # quick's model and target, 10× its updates and 3 seeds: long enough for the curriculum to
     # leave (1, 1) (quick moved one seed of four, after 1710 updates) and for most training to
-    # happen at harder levels. ≈ 9.6 (reference) and 5.6 (NAH) updates/s on one CPU thread,
-    # checks included: ≈ 35 and 60 min per run, ≈ 2.5 h for the 6 runs with --jobs 2. The
-    # original's size (paper preset, 2×400, batch 100) runs at 0.38 / 0.23 updates/s here.
+    # happen at harder levels. Every run reaches the target level after ≈ 3500 updates and
+    # ends when its learning rate falls below 1e-3, after 12,500-13,500 updates: 13 (reference)
+    # and 16 (NAH) minutes per run on one CPU thread, checks included, ≈ 1 h for the 6 runs with
+    # --jobs 2. The original's size (paper preset, 2×400, batch 100) runs at 0.38 / 0.23
+    # updates/s here.
     "long": replace(ORIGINAL, target_length=3, target_nesting=2, hidden=128, batch_size=32,
                     pass_steps=100, check_every=50, check_at=10, steps=20_000, log_every=25,
                     seeds=3),
