@@ -1,6 +1,6 @@
 """Noisy LSTM/GRU throughput vs nn.LSTM/nn.GRU vs a plain Python loop, in one run.
 
-    python benchmarks/rnn.py [--device cpu|cuda] [--reps N]
+    python benchmarks/rnn.py [--device cpu|cuda] [--reps N] [--malloc steady|default]
 
 Configurations: batch 32, 35 steps, 2 layers of 256 (input 256); and the paper's PTB size
 (Zaremba small): batch 20, 20 steps, 2 layers of 200. For each: training tokens/s (forward +
@@ -10,11 +10,20 @@ backward) and inference tokens/s (eval, no grad) of
   plain loop   a Python loop over a hand-written noisy cell (noisyact.functional per gate)
 The models of a configuration are timed in turn within each repetition; "× torch" is the median
 over repetitions of the speed ratio to the torch module (robust to the machine's drift).
+
+--malloc steady (the default; glibc only) keeps freed memory in the process instead of returning
+it to the system and faulting it in again at the next allocation (mmap threshold fixed at 32 MiB,
+no trimming: what MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ or jemalloc/tcmalloc give).
+With glibc's adaptive defaults the page faults come and go between runs and cost nn.LSTM up to
+a fifth of its speed, which made the ratios swing by ±0.1 from run to run; --malloc default
+measures that state.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import statistics
 import time
 
@@ -53,6 +62,16 @@ class PlainLoopLSTM(nn.Module):
                 outs.append(h)
             x = torch.stack(outs)
         return x
+
+
+def _steady_malloc() -> bool:
+    """glibc's mallopt: mmap threshold 32 MiB (M_MMAP_THRESHOLD, -3), trim threshold 1 GiB
+    (M_TRIM_THRESHOLD, -1). False where the C library has no mallopt or refuses."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    return bool(libc.mallopt(-3, 32 << 20)) and bool(libc.mallopt(-1, 1 << 30))
 
 
 def _sync(device: str) -> None:
@@ -119,12 +138,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--malloc", choices=("steady", "default"), default="steady",
+                    help="steady: freed memory stays in the process (glibc); default: as is")
     args = ap.parse_args()
+    malloc = "glibc default"
+    if args.malloc == "steady":
+        malloc = "steady (mallopt)" if _steady_malloc() else "default (no glibc mallopt)"
     # the compiled kernels from the first call: the steady state of a training run, whose
     # kernels are compiled once they have cost compile_after() seconds of eager calls
     noisyact.set_compile_after(0)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-          f"fused mode {noisyact.fused_mode()}")
+          f"fused mode {noisyact.fused_mode()}, malloc {malloc}")
     print("| model | config | train tok/s | × torch | infer tok/s | × torch |")
     print("|---|---|---:|---:|---:|---:|")
     configs = [("B32 T35 2×256", 32, 35, 256, 2), ("PTB small: B20 T20 2×200", 20, 20, 200, 2)]

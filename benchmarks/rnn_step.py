@@ -1,10 +1,10 @@
 """Where one time step of the noisy LSTM goes, against nn.LSTM's cost per step, in one run.
 
-    python benchmarks/rnn_step.py [--batch 20] [--hidden 200] [--steps 20]
+    python benchmarks/rnn_step.py [--batch 20] [--hidden 200] [--steps 20] [--malloc steady|default]
 
 Defaults: the PTB size of benchmarks/rnn.py (Zaremba small, batch 20, 2×200; one layer here).
 Prints, in µs (median of repeated calls with the same arguments, two threads unless
-OMP_NUM_THREADS says otherwise):
+OMP_NUM_THREADS says otherwise; --malloc as in benchmarks/rnn.py):
   fused forward step    one compiled per-step call of NoisyLSTM (NAH) in training: the recurrent
                         product h @ W_hh and every unit of the step, saving its backward
                         coefficients
@@ -14,6 +14,11 @@ OMP_NUM_THREADS says otherwise):
                         fused LSTM does: torch.ops.mkldnn._linear_pointwise on a weight reordered
                         by torch.ops.mkldnn._reorder_linear_weight, torch.ops.mkl._mkl_linear on
                         one packed by torch.ops.mkl._mkl_reorder_linear_weight (private ops)
+  sequence GEMMs        the products over the whole sequence that both layers run once per call
+                        (input projection, its input and weight gradients, the recurrent weight
+                        gradient), their sum divided by T: their share of one step
+  every GEMM of a step  two recurrent GEMMs (forward, backward) + that share: what the step
+                        would cost with units, noise and bookkeeping free
   nn.LSTM per step      a one-layer nn.LSTM training step (forward + backward, oneDNN), the
                         difference between 2T and T steps divided by T: everything per step
                         (input projection share included)
@@ -29,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from rnn import _steady_malloc  # benchmarks/rnn.py, beside this script
 from torch import nn
 
 import noisyact
@@ -97,6 +103,17 @@ def _packed_gemms(h: torch.Tensor, w: torch.Tensor, n: int) -> list[tuple[str, f
     return rows
 
 
+def _sequence_gemms(B: int, H: int, T: int, n: int) -> float:
+    """µs per step of the whole-sequence products of one layer (see the module docstring)."""
+    x, w, b = torch.randn(T * B, H), torch.randn(4 * H, H), torch.randn(4 * H)
+    d = torch.randn(T * B, 4 * H)
+    products = [lambda: torch.addmm(b, x, w.t()),  # input projection
+                lambda: d @ w,  # its input gradient
+                lambda: d.t() @ x,  # its weight gradient
+                lambda: d.t() @ x]  # the recurrent weight gradient (same shapes)
+    return sum(_us(f, n) for f in products) / T
+
+
 def _torch_per_step(B: int, H: int, T: int, n: int) -> float:
     lstm = nn.LSTM(H, H, 1)
 
@@ -114,7 +131,10 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=200)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--calls", type=int, default=1000, help="calls per timed batch")
+    ap.add_argument("--malloc", choices=("steady", "default"), default="steady",
+                    help="as in benchmarks/rnn.py")
     args = ap.parse_args()
+    steady = args.malloc == "steady" and _steady_malloc()
     B, H, T = args.batch, args.hidden, args.steps
     noisyact.set_compile_after(0)
     steps = _captured_steps(B, H, T)
@@ -122,15 +142,19 @@ def main() -> None:
     bwd, bwd_args = steps["_bwd_step"]
     h, w = torch.randn(B, H), torch.randn(4 * H, H)
     w_t = w.t().contiguous()
+    recurrent = _us(lambda: h @ w_t, args.calls)
+    sequence = _sequence_gemms(B, H, T, max(1, args.calls // 20))
     rows = [
         ("fused forward step", _us(lambda: fwd(*fwd_args), args.calls)),
         ("fused backward step", _us(lambda: bwd(*bwd_args), args.calls)),
-        ("recurrent GEMM", _us(lambda: h @ w_t, args.calls)),
+        ("recurrent GEMM", recurrent),
         *_packed_gemms(h, w, args.calls),
+        ("sequence GEMMs, per step", sequence),
+        ("every GEMM of a step (2 recurrent + sequence share)", 2 * recurrent + sequence),
         ("nn.LSTM per step (fwd + bwd)", _torch_per_step(B, H, T, max(1, args.calls // 20))),
     ]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"B{B} H{H} T{T}, one layer, NAH")
+          f"B{B} H{H} T{T}, one layer, NAH, malloc {'steady' if steady else 'glibc default'}")
     print("| per step | µs |")
     print("|---|---:|")
     for name, us in rows:
