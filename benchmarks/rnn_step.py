@@ -17,7 +17,8 @@ OMP_NUM_THREADS says otherwise; --malloc as in benchmarks/rnn.py):
   sequence GEMMs        the products over the whole sequence that both layers run once per call
                         (input projection, its input and weight gradients, the recurrent weight
                         gradient), their sum divided by T: their share of one step
-  every GEMM of a step  two recurrent GEMMs (forward, backward) + that share: what the step
+  recurrent GEMM, bwd   the backward step's product dpre @ W_hh, (B, 4H) @ (4H, H)
+  every GEMM of a step  the forward and backward recurrent GEMMs + that share: what the step
                         would cost with units, noise and bookkeeping free
   nn.LSTM per step      a one-layer nn.LSTM training step (forward + backward, oneDNN), the
                         difference between 2T and T steps divided by T: everything per step
@@ -143,14 +144,18 @@ def main() -> None:
     h, w = torch.randn(B, H), torch.randn(4 * H, H)
     w_t = w.t().contiguous()
     recurrent = _us(lambda: h @ w_t, args.calls)
+    d_pre = torch.randn(B, 4 * H)
+    recurrent_bwd = _us(lambda: d_pre @ w, args.calls)
     sequence = _sequence_gemms(B, H, T, max(1, args.calls // 20))
     rows = [
         ("fused forward step", _us(lambda: fwd(*fwd_args), args.calls)),
         ("fused backward step", _us(lambda: bwd(*bwd_args), args.calls)),
         ("recurrent GEMM", recurrent),
         *_packed_gemms(h, w, args.calls),
+        ("recurrent GEMM, backward", recurrent_bwd),
         ("sequence GEMMs, per step", sequence),
-        ("every GEMM of a step (2 recurrent + sequence share)", 2 * recurrent + sequence),
+        ("every GEMM of a step (recurrent forward + backward + sequence share)",
+         recurrent + recurrent_bwd + sequence),
         ("nn.LSTM per step (fwd + bwd)", _torch_per_step(B, H, T, max(1, args.calls // 20))),
     ]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
