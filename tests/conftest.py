@@ -22,6 +22,18 @@ if FUSED not in ("eager", "compile"):
     raise SystemExit(f"NOISYACT_TEST_FUSED must be eager or compile, got {FUSED!r}")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``compiled_run`` compile more kernels of kinds that the default run compiles
+    already (each kernel costs 3-7 s to build from an empty cache); they run in the compiled run
+    only, which CI makes after the default one."""
+    if FUSED == "compile":
+        return
+    skip = pytest.mark.skip(reason="compiled run only (NOISYACT_TEST_FUSED=compile, as in CI)")
+    for item in items:
+        if "compiled_run" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _fused_mode_of_the_run():
     """Each test starts in the mode :data:`FUSED` and leaves the global state as it found it."""

@@ -59,6 +59,32 @@ def test_overwrite_starts_over(tmp_path, capsys):
     assert rc == 2 and "choose one" in err
 
 
+def test_first_seed_runs_fresh_seeds_in_their_own_folder(tmp_path, capsys):
+    """--first-seed K: seeds K, K+1, ... (a replication with fresh seeds); the folder remembers
+    K, refuses other seeds mixed in, and its published command reproduces it."""
+    from noisyact.experiments import publish
+
+    out = tmp_path / "D"
+    assert _run(capsys, out, "--first-seed", "3", "--seeds", "2")[0] == 0
+    assert sorted(d.name for d in (out / "tanh").iterdir()) == ["seed3", "seed4"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["first_seed"] == 3 and config["seeds"] == 2
+    ref = tmp_path / "R"  # seed 3 of a folder that starts at 0 is the same run
+    assert _run(capsys, ref, "--seeds", "4")[0] == 0
+    a, b = (json.loads((d / "tanh" / "seed3" / "final.json").read_text()) for d in (out, ref))
+    a.pop("train_tokens_per_s", None), b.pop("train_tokens_per_s", None)
+    assert a == b
+    rc, err = _run(capsys, out, "--resume", "--seeds", "3")  # seeds 0-2 would mix in
+    assert rc == 2 and "seeds from 3 on, not from 0 (--first-seed)" in err
+    assert _run(capsys, out, "--resume", "--first-seed", "3", "--seeds", "3")[0] == 0
+    assert (out / "tanh" / "seed5" / "final.json").exists()
+    pub = publish.load(out)
+    assert len(pub.finals()["tanh"]) == 3
+    assert "--seeds 3 --first-seed 3 --out results/D" in pub.command()
+    rc, err = _run(capsys, tmp_path / "E", "--first-seed", "-1")
+    assert rc == 2 and "first_seed must be an integer >= 0, got -1" in err
+
+
 def test_a_partial_run_is_not_restarted_without_resume(tmp_path, capsys):
     out = tmp_path / "D"
     exp = get("gaussians")

@@ -20,6 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", default="quick",
                      help="smoke | quick | paper (some experiments have more, see `list`)")
     run.add_argument("--seeds", type=int, default=None, help="number of seeds (preset default)")
+    run.add_argument("--first-seed", type=int, default=0, metavar="K",
+                     help="run seeds K, K+1, ... (default 0): a replication with fresh seeds")
     run.add_argument("--out", default=None, help="output folder (default runs/EXP-PRESET)")
     run.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     run.add_argument("--resume", action="store_true",
@@ -70,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.data_dir is not None:
                 args.overrides.append(f"data_dir={args.data_dir}")
             out = experiments.run_experiment(
-                exp, args.preset, seeds=args.seeds, out=args.out, device=args.device,
-                resume=args.resume, overwrite=args.overwrite, jobs=args.jobs,
+                exp, args.preset, seeds=args.seeds, first_seed=args.first_seed, out=args.out,
+                device=args.device, resume=args.resume, overwrite=args.overwrite, jobs=args.jobs,
                 overrides=args.overrides, progress=not args.no_progress)
             results = out / "results.md"
             if results.exists():

@@ -168,6 +168,8 @@ def report_settings(config: dict[str, Any]) -> dict[str, Any]:
     settings = dict(config["settings"])
     if "seeds" in config:
         settings["seeds"] = int(config["seeds"])
+    if config.get("first_seed"):
+        settings["first_seed"] = int(config["first_seed"])
     return settings
 
 
@@ -255,12 +257,14 @@ def preflight(exp: Experiment, cfg: ExperimentConfig, rows: Sequence[str]) -> No
 
 
 def run_experiment(exp: Experiment, preset: str = "quick", *, seeds: int | None = None,
-                   out: str | Path | None = None, device: str = "cpu", resume: bool = False,
-                   overwrite: bool = False, jobs: int = 1, overrides: Sequence[str] = (),
-                   progress: bool = True, log: Any = print) -> Path:
+                   first_seed: int = 0, out: str | Path | None = None, device: str = "cpu",
+                   resume: bool = False, overwrite: bool = False, jobs: int = 1,
+                   overrides: Sequence[str] = (), progress: bool = True, log: Any = print) -> Path:
     """Train every row × seed of ``exp`` and write ``results.md`` and plots; return the folder.
 
-    Runs go seed by seed (every row's seed 0 first). The folder is checked before anything is
+    Runs go seed by seed (every row's first seed first): seeds ``first_seed`` to
+    ``first_seed + seeds - 1`` (a nonzero ``first_seed`` gives a replication with fresh seeds in
+    its own folder). The folder is checked before anything is
     written (:class:`~noisyact.training.runfolder.RunFolder`): finished runs are kept and
     interrupted ones continued only with ``resume``; ``overwrite`` deletes an earlier run of the
     folder. ``jobs`` > 1 trains that many (row, seed) runs at once in worker processes, each with
@@ -278,14 +282,15 @@ def run_experiment(exp: Experiment, preset: str = "quick", *, seeds: int | None 
     if default_budget:
         set_compile_after(0)
     try:
-        return _run_experiment(exp, preset, seeds, out, device, resume, overwrite, jobs,
-                               overrides, progress, log)
+        return _run_experiment(exp, preset, seeds, first_seed, out, device, resume, overwrite,
+                               jobs, overrides, progress, log)
     finally:
         if default_budget:
             set_compile_after(None)
 
 
-def _run_experiment(exp: Experiment, preset: str, seeds: int | None, out: str | Path | None,
+def _run_experiment(exp: Experiment, preset: str, seeds: int | None, first_seed: int,
+                    out: str | Path | None,
                     device: str, resume: bool, overwrite: bool, jobs: int,
                     overrides: Sequence[str], progress: bool, log: Any) -> Path:
     if preset not in exp.presets:
@@ -294,6 +299,8 @@ def _run_experiment(exp: Experiment, preset: str, seeds: int | None, out: str | 
     n_seeds = int(seeds if seeds is not None else cfg.seeds)
     if n_seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {n_seeds}")
+    if isinstance(first_seed, bool) or not isinstance(first_seed, int) or first_seed < 0:
+        raise ValueError(f"first_seed must be an integer >= 0, got {first_seed!r}")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     if resume and overwrite:
@@ -308,12 +315,12 @@ def _run_experiment(exp: Experiment, preset: str, seeds: int | None, out: str | 
     preflight(exp, cfg, rows)
     out_dir = Path(out or f"runs/{exp.name}-{preset}")
     folder = RunFolder(out_dir)
-    config = {"experiment": exp.name, "preset": preset, "seeds": n_seeds,
+    config = {"experiment": exp.name, "preset": preset, "seeds": n_seeds, "first_seed": first_seed,
               "settings": cfg.to_dict(), "world_size": dist.world_size,
               "provenance": provenance(), "command": command_line(),
               "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     specs = [RunSpec(exp, cfg, row, seed, out_dir / row / f"seed{seed}", resume)
-             for seed in range(n_seeds) for row in rows]
+             for seed in range(first_seed, first_seed + n_seeds) for row in rows]
     with folder.lock() if dist.is_main else nullcontext():
         if dist.is_main:
             folder.check(config, resume=resume, overwrite=overwrite)

@@ -57,9 +57,11 @@ class Published:
         preset = exp.presets[cfg["preset"]].to_dict() if cfg["preset"] in exp.presets else {}
         changed = [f"{k}={_value(v)}" for k, v in cfg["settings"].items()
                    if preset.get(k) != v and k != "seeds"]
-        seeds = cfg.get("seeds", 1)
-        return " ".join(["noisyact run", exp.name, "--preset", cfg["preset"], "--seeds",
-                         str(seeds), "--out", f"results/{self.name}", *changed])
+        seeds = [str(cfg.get("seeds", 1))]
+        if cfg.get("first_seed"):
+            seeds += ["--first-seed", str(cfg["first_seed"])]
+        return " ".join(["noisyact run", exp.name, "--preset", cfg["preset"], "--seeds", *seeds,
+                         "--out", f"results/{self.name}", *changed])
 
 
 def _value(v: Any) -> str:
