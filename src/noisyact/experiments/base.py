@@ -290,8 +290,7 @@ def run_experiment(exp: Experiment, preset: str = "quick", *, seeds: int | None 
 
 
 def _run_experiment(exp: Experiment, preset: str, seeds: int | None, first_seed: int,
-                    out: str | Path | None,
-                    device: str, resume: bool, overwrite: bool, jobs: int,
+                    out: str | Path | None, device: str, resume: bool, overwrite: bool, jobs: int,
                     overrides: Sequence[str], progress: bool, log: Any) -> Path:
     if preset not in exp.presets:
         raise ValueError(f"preset must be one of {', '.join(exp.presets)}, got {preset!r}")

@@ -133,8 +133,7 @@ class RunFolder:
         first_old, first_new = int(old.get("first_seed", 0)), int(config.get("first_seed", 0))
         if first_old != first_new:
             raise RunFolderError(f"{self.path} holds seeds from {first_old} on, not from "
-                                 f"{first_new} (--first-seed); choose another --out for other "
-                                 "seeds, or " + start_over.removeprefix("use "))
+                                 f"{first_new} (--first-seed); {start_over}")
         started = self.started_runs()
         if not resume:
             if started:
