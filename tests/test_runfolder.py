@@ -75,7 +75,7 @@ def test_first_seed_runs_fresh_seeds_in_their_own_folder(tmp_path, capsys):
     a.pop("train_tokens_per_s", None), b.pop("train_tokens_per_s", None)
     assert a == b
     rc, err = _run(capsys, out, "--resume", "--seeds", "3")  # seeds 0-2 would mix in
-    assert rc == 2 and "seeds from 3 on, not from 0 (--first-seed)" in err
+    assert rc == 2 and "other settings (first_seed: 3 in the folder, 0 now)" in err
     assert _run(capsys, out, "--resume", "--first-seed", "3", "--seeds", "3")[0] == 0
     assert (out / "tanh" / "seed5" / "final.json").exists()
     pub = publish.load(out)

@@ -125,15 +125,14 @@ class RunFolder:
         if old.get("experiment") != config["experiment"]:
             raise RunFolderError(f"{self.path} holds a {old.get('experiment')!r} run, not "
                                  f"{config['experiment']!r}; choose another --out")
-        diff = _differences({"preset": old.get("preset"), **(old.get("settings") or {})},
-                            {"preset": config["preset"], **config["settings"]})
+        # first_seed: a folder holds one range of seeds (absent in older folders: 0)
+        diff = _differences({"preset": old.get("preset"), "first_seed": old.get("first_seed", 0),
+                             **(old.get("settings") or {})},
+                            {"preset": config["preset"], "first_seed": config.get("first_seed", 0),
+                             **config["settings"]})
         if diff:
             raise RunFolderError(f"{self.path} holds a run with other settings ("
                                  + "; ".join(diff) + f"); {start_over}")
-        first_old, first_new = int(old.get("first_seed", 0)), int(config.get("first_seed", 0))
-        if first_old != first_new:
-            raise RunFolderError(f"{self.path} holds seeds from {first_old} on, not from "
-                                 f"{first_new} (--first-seed); {start_over}")
         started = self.started_runs()
         if not resume:
             if started:
