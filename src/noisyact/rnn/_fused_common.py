@@ -103,12 +103,13 @@ def sequence_noise(noise: LayerNoise, shape: tuple[int, int, int], like: Tensor)
     return run_kernel(_layer_noise, like.new_empty(shape), noise.key)
 
 
-def noise_at(xi: Tensor, t: int) -> Tensor:
-    return xi[t] if xi.dim() == 3 else xi
-
-
-def step_mask(mask: Tensor | None, t: int) -> Tensor | None:
-    return None if mask is None else mask[t]
+def per_step(x: Tensor | None, T: int) -> list[Tensor] | list[None]:
+    """What each of the ``T`` steps reads of ``x``: the slices ``x[t]`` of a (T, ...) tensor
+    (cut in one call, cheaper than T indexings), the same (B, G) tensor at every step (ξ in eval
+    mode), or None at every step (no mask)."""
+    if x is None:
+        return [None] * T
+    return list(x.unbind(0)) if x.dim() == 3 else [x] * T
 
 
 def blocks(x: Tensor, sizes: tuple[int, ...], H: int) -> list[Tensor]:
@@ -135,15 +136,11 @@ def accumulate(acc: Tensor, parts: list[Tensor]) -> Tensor:
 
 def recurrent_weight_grad(d_pre: Tensor, h_prev: list[Tensor], out: Tensor,
                           mask: Tensor | None) -> Tensor:
-    """Σ_t d_pre[t]ᵀ h_{t−1} as GEMMs; without a mask the outputs are the states, so
-    h_1 .. h_{T−1} are ``out[:-1]`` and nothing is stacked."""
+    """Σ_t d_pre[t]ᵀ h_{t−1} as one GEMM over the sequence; without a mask the outputs are the
+    states, so h_1 .. h_{T−1} are ``out[:-1]`` and only h_0 is put in front of them."""
     G, H = d_pre.shape[-1], h_prev[0].shape[-1]
-    if mask is not None:
-        return d_pre.reshape(-1, G).t() @ torch.stack(h_prev).reshape(-1, H)
-    d_w = d_pre[0].t() @ h_prev[0]
-    if d_pre.shape[0] > 1:
-        d_w = d_w.addmm_(d_pre[1:].reshape(-1, G).t(), out[:-1].reshape(-1, H))
-    return d_w
+    states = torch.stack(h_prev) if mask is not None else torch.cat([h_prev[0][None], out[:-1]])
+    return d_pre.reshape(-1, G).t() @ states.reshape(-1, H)
 
 
 def needs_grad(*ts: Tensor) -> bool:

@@ -23,11 +23,10 @@ from ._fused_common import (
     kernel_units,
     layer_noise,
     needs_grad,
-    noise_at,
     pack,
+    per_step,
     recurrent_weight_grad,
     sequence_noise,
-    step_mask,
     unit_specs,
     unpack,
 )
@@ -45,9 +44,9 @@ class GRUUnits(NamedTuple):
 
 
 class Recurrent(NamedTuple):
-    """The recurrent weights of a step: Uᵀ (H, 3H) and b_h (3H,)."""
+    """The recurrent weights of a step: U (3H, H) as stored (read transposed) and b_h (3H,)."""
 
-    w_t: Tensor
+    w: Tensor
     b: Tensor
 
 
@@ -73,7 +72,7 @@ def _value(x: Tensor, xi: Tensor, unit: UnitTensors, kind: UnitKind) -> UnitGrad
 def _fwd_step(gi: Tensor, h: Tensor, rec: Recurrent, xi: Tensor, m: Tensor | None,
               units: GRUUnits, kinds: GRUUnits, save: bool) -> tuple[Tensor, ...]:
     """(h[, output][, coefficients]) of one step (mask as in the LSTM's step)."""
-    hw = h @ rec.w_t
+    hw = h @ rec.w.t()
     H = h.shape[-1]
 
     def gh(j: int) -> Tensor:  # U h + b_h of one gate (not one addmm: see the LSTM's step)
@@ -132,36 +131,36 @@ class _GRULayer(torch.autograd.Function):
     def forward(ctx, gi, h0, w_hh, b_hh, plan, *ps):  # type: ignore[override]
         T, B, G = gi.shape
         gi = gi.contiguous()
-        rec = Recurrent(w_hh.to(gi.dtype).t().contiguous(), b_hh.to(gi.dtype).contiguous())
+        rec = Recurrent(w_hh.to(gi.dtype).contiguous(), b_hh.to(gi.dtype).contiguous())
         h = h0.to(gi.dtype).contiguous()
         mask = plan.mask
         xi = sequence_noise(plan.noise, (T, B, G), gi)
         step = loop_kernel(_fwd_step, (plan.kinds, plan.save))
         coeffs, hs, h_prev = [], [], []
-        for t in range(T):
+        for g_t, xi_t, m_t in zip(gi.unbind(0), per_step(xi, T), per_step(mask, T), strict=True):
             h_prev.append(h)
-            h, *rest = step(gi[t], h, rec, noise_at(xi, t), step_mask(mask, t), plan.units)
+            h, *rest = step(g_t, h, rec, xi_t, m_t, plan.units)
             hs.append(rest[0] if mask is not None else h)
             if plan.save:
                 coeffs.append(rest[-1])
         out = torch.stack(hs)
-        ctx.save_for_backward(out, w_hh, b_hh, mask, *ps)
+        ctx.save_for_backward(out, w_hh, rec.w, b_hh, mask, *ps)
         ctx.coeffs, ctx.h_prev = coeffs, h_prev
         return out, h
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hs, d_h):  # type: ignore[override]
-        out, w_hh, b_hh, mask, *ps = ctx.saved_tensors
+        out, w_hh, w, b_hh, mask, *ps = ctx.saved_tensors
         coeffs = ctx.coeffs
         T, B, H = out.shape
-        w = w_hh.to(out.dtype).contiguous()
         d_hs, dh = contiguous(d_hs, d_h)
         acc = torch.zeros(B, sum(SIZES) * H, dtype=coeffs[0].dtype, device=out.device)
         step = loop_kernel(_bwd_step, inline=True)
         d_gi, d_gh = [out[0]] * T, [out[0]] * T
+        d_outs, masks = d_hs.unbind(0), per_step(mask, T)
         for t in range(T - 1, -1, -1):
-            d_gi[t], d_gh[t], dh, acc = step(dh, d_hs[t], coeffs[t], w, acc, step_mask(mask, t))
+            d_gi[t], d_gh[t], dh, acc = step(dh, d_outs[t], coeffs[t], w, acc, masks[t])
         d_gh_all = torch.stack(d_gh)
         d_w = recurrent_weight_grad(d_gh_all, ctx.h_prev, out, mask)
         d_b = d_gh_all.reshape(-1, 3 * H).sum(0)

@@ -26,11 +26,10 @@ from ._fused_common import (
     kernel_units,
     layer_noise,
     needs_grad,
-    noise_at,
     pack,
+    per_step,
     recurrent_weight_grad,
     sequence_noise,
-    step_mask,
     unit_specs,
     unpack,
 )
@@ -75,16 +74,17 @@ def _value(x: Tensor, xi: Tensor, unit: UnitTensors, kind: UnitKind) -> UnitGrad
     return UnitGrad(unit_forward(x, xi, unit, kind), None, None)  # type: ignore[arg-type]
 
 
-def _fwd_step(xp: Tensor, state: LSTMState, w_t: Tensor, xi: Tensor, m: Tensor | None,
+def _fwd_step(xp: Tensor, state: LSTMState, w: Tensor, xi: Tensor, m: Tensor | None,
               units: LSTMUnits, kinds: LSTMUnits, save: bool) -> tuple[Tensor, ...]:
     """(h, c[, output][, coefficients]) of one step; with a mask ``m`` (B, 1) the states are
-    kept where a sequence has ended and the output is zero there."""
+    kept where a sequence has ended and the output is zero there. ``w`` is W_hh (4H, H) as
+    stored: the product reads it transposed (a copy of Wᵀ per call would cost more)."""
     h, c = state
-    hw = h @ w_t
+    hw = h @ w.t()
     H = c.shape[-1]
 
     def pre(j: int) -> Tensor:
-        # added gate by gate inside the units' loop: written as xp + h @ w_t, the compiler
+        # added gate by gate inside the units' loop: written as xp + h @ w.t(), the compiler
         # makes it an addmm, which first copies xp into its output
         return xp[:, j * H:(j + 1) * H] + hw[:, j * H:(j + 1) * H]
 
@@ -143,37 +143,36 @@ class _LSTMLayer(torch.autograd.Function):
     def forward(ctx, xp, h0, c0, w_hh, plan, *ps):  # type: ignore[override]
         T, B = xp.shape[:2]
         xp = xp.contiguous()
-        w_t = w_hh.to(xp.dtype).t().contiguous()
+        w = w_hh.to(xp.dtype).contiguous()
         h, c = h0.to(xp.dtype).contiguous(), c0.to(xp.dtype).contiguous()
         mask = plan.mask
         xi = sequence_noise(plan.noise, (T, B, 5 * h.shape[-1]), xp)
         step = loop_kernel(_fwd_step, (plan.kinds, plan.save))
         coeffs, hs, h_prev = [], [], []
-        for t in range(T):
+        for x_t, xi_t, m_t in zip(xp.unbind(0), per_step(xi, T), per_step(mask, T), strict=True):
             h_prev.append(h)
-            h, c, *rest = step(xp[t], LSTMState(h, c), w_t, noise_at(xi, t), step_mask(mask, t),
-                               plan.units)
+            h, c, *rest = step(x_t, LSTMState(h, c), w, xi_t, m_t, plan.units)
             hs.append(rest[0] if mask is not None else h)
             if plan.save:
                 coeffs.append(rest[-1])
         out = torch.stack(hs)
-        ctx.save_for_backward(out, w_hh, mask, *ps)
+        ctx.save_for_backward(out, w_hh, w, mask, *ps)
         ctx.coeffs, ctx.h_prev = coeffs, h_prev
         return out, h, c
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hs, d_h, d_c):  # type: ignore[override]
-        out, w_hh, mask, *ps = ctx.saved_tensors
+        out, w_hh, w, mask, *ps = ctx.saved_tensors
         coeffs = ctx.coeffs
         T, B, H = out.shape
-        w = w_hh.to(out.dtype).contiguous()
         d_hs, dh, dc = contiguous(d_hs, d_h, d_c)
         acc = torch.zeros(B, sum(SIZES) * H, dtype=coeffs[0].dtype, device=out.device)
         step = loop_kernel(_bwd_step, inline=True)
         d_pres = [out[0]] * T
+        d_outs, masks = d_hs.unbind(0), per_step(mask, T)
         for t in range(T - 1, -1, -1):
-            d_pres[t], dh, dc, acc = step(dh, d_hs[t], dc, coeffs[t], w, acc, step_mask(mask, t))
+            d_pres[t], dh, dc, acc = step(dh, d_outs[t], dc, coeffs[t], w, acc, masks[t])
         d_pre = torch.stack(d_pres)
         d_w = recurrent_weight_grad(d_pre, ctx.h_prev, out, mask)
         dps = blocks(acc.sum(0), SIZES, H)

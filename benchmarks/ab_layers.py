@@ -1,0 +1,124 @@
+"""The fused recurrent layers of another checkout against the current ones, in one process.
+
+    git worktree add /tmp/base <commit>
+    python benchmarks/ab_layers.py /tmp/base/src [--kind LSTM|GRU] [--batch 20] [--steps 20]
+                                   [--hidden 200] [--reps 10] [--malloc steady|default]
+
+``benchmarks/ab_trees.py`` compares two checkouts in alternating processes; with two threads
+this machine's process-to-process spread (±25 % on unchanged code) hides changes of a few
+per cent. This script loads the base checkout's ``noisyact/rnn/_fused_common.py``,
+``_fused_lstm.py`` and ``_fused_gru.py`` beside the installed ones (the rest of the package,
+compiler included, is shared: the base must call it as the current code does) and times a
+2-layer NoisyLSTM/NoisyGRU (NAH) training step with each in turn, alternating their order
+every repetition, and the torch layer after them. It prints the median times and the median
+per-repetition ratios new/base (< 1: the current code is faster) and × torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import time
+from types import ModuleType
+
+import torch
+from rnn import _steady_malloc  # benchmarks/rnn.py, beside this script
+from torch import nn
+
+import noisyact
+import noisyact.rnn as rnn_pkg
+import noisyact.rnn._fused_common as current_common
+import noisyact.rnn.modules as rnn_modules
+
+
+def _load(name: str, path: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _base_layers(src: str) -> tuple[object, object]:
+    """(fused_lstm_layer, fused_gru_layer) of the checkout whose source folder is ``src``; its
+    layers import its own ``_fused_common``."""
+    folder = os.path.join(src, "noisyact", "rnn")
+    common = _load("noisyact.rnn._fused_common_base", os.path.join(folder, "_fused_common.py"))
+    sys.modules["noisyact.rnn._fused_common"] = rnn_pkg._fused_common = common
+    try:
+        lstm = _load("noisyact.rnn._fused_lstm_base", os.path.join(folder, "_fused_lstm.py"))
+        gru = _load("noisyact.rnn._fused_gru_base", os.path.join(folder, "_fused_gru.py"))
+    finally:
+        sys.modules["noisyact.rnn._fused_common"] = rnn_pkg._fused_common = current_common
+    return lstm.fused_lstm_layer, gru.fused_gru_layer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("base", help="source folder of the base checkout, e.g. /tmp/base/src")
+    ap.add_argument("--kind", choices=("LSTM", "GRU"), default="LSTM")
+    ap.add_argument("--batch", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--hidden", type=int, default=200)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--malloc", choices=("steady", "default"), default="steady")
+    args = ap.parse_args()
+    if args.malloc == "steady":
+        _steady_malloc()
+    noisyact.set_compile_after(0)
+    new = (rnn_modules.fused_lstm_layer, rnn_modules.fused_gru_layer)
+    base = _base_layers(args.base)
+
+    def use(layers: tuple[object, object]) -> None:
+        rnn_modules.fused_lstm_layer, rnn_modules.fused_gru_layer = layers  # type: ignore[assignment]
+
+    torch.manual_seed(0)
+    B, T, H = args.batch, args.steps, args.hidden
+    ours = getattr(noisyact, f"Noisy{args.kind}")(H, H, 2, variant="NAH")
+    ref = getattr(nn, args.kind)(H, H, 2)
+    x = torch.randn(T, B, H)
+
+    def train(m: nn.Module) -> None:
+        m.zero_grad(set_to_none=True)
+        m(x)[0].sum().backward()
+
+    def timed(m: nn.Module, n: int = 15) -> float:
+        ts = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            train(m)
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+
+    for layers in (base, new):
+        use(layers)
+        for _ in range(5):
+            train(ours)
+    times: dict[str, list[float]] = {"base": [], "new": [], "torch": []}
+    for r in range(args.reps):
+        for name in ("base", "new") if r % 2 == 0 else ("new", "base"):
+            use(base if name == "base" else new)
+            times[name].append(timed(ours))
+        times["torch"].append(timed(ref))
+    use(new)
+
+    def ratio(num: str, den: str) -> float:
+        return statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.kind} 2×{H}, "
+          f"batch {B}, {T} steps, {args.reps} repetitions, malloc {args.malloc}")
+    print("| layers | train step (ms) | new/base | × torch |")
+    print("|---|---:|---:|---:|")
+    for name in ("base", "new"):
+        print(f"| {name} | {statistics.median(times[name]) * 1e3:.2f} | "
+              f"{ratio(name, 'base'):.3f} | {ratio('torch', name):.3f} |")
+    print(f"| torch | {statistics.median(times['torch']) * 1e3:.2f} | | 1.000 |")
+
+
+if __name__ == "__main__":
+    main()
