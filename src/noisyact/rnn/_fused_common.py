@@ -136,11 +136,17 @@ def accumulate(acc: Tensor, parts: list[Tensor]) -> Tensor:
 
 def recurrent_weight_grad(d_pre: Tensor, h_prev: list[Tensor], out: Tensor,
                           mask: Tensor | None) -> Tensor:
-    """Σ_t d_pre[t]ᵀ h_{t−1} as one GEMM over the sequence; without a mask the outputs are the
-    states, so h_1 .. h_{T−1} are ``out[:-1]`` and only h_0 is put in front of them."""
+    """Σ_t d_pre[t]ᵀ h_{t−1} as GEMMs; without a mask the outputs are the states, so
+    h_1 .. h_{T−1} are ``out[:-1]`` and nothing is stacked. (One GEMM with h_0 put in front of
+    ``out[:-1]`` would sum in another order: every trained model, and so every committed
+    result, would change in its last bits and then diverge.)"""
     G, H = d_pre.shape[-1], h_prev[0].shape[-1]
-    states = torch.stack(h_prev) if mask is not None else torch.cat([h_prev[0][None], out[:-1]])
-    return d_pre.reshape(-1, G).t() @ states.reshape(-1, H)
+    if mask is not None:
+        return d_pre.reshape(-1, G).t() @ torch.stack(h_prev).reshape(-1, H)
+    d_w = d_pre[0].t() @ h_prev[0]
+    if d_pre.shape[0] > 1:
+        d_w = d_w.addmm_(d_pre[1:].reshape(-1, G).t(), out[:-1].reshape(-1, H))
+    return d_w
 
 
 def needs_grad(*ts: Tensor) -> bool:
