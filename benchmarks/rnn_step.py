@@ -142,8 +142,7 @@ def main() -> None:
     fwd, fwd_args = steps["_fwd_step"]
     bwd, bwd_args = steps["_bwd_step"]
     h, w = torch.randn(B, H), torch.randn(4 * H, H)
-    w_t = w.t().contiguous()
-    recurrent = _us(lambda: h @ w_t, args.calls)
+    recurrent = _us(lambda: h @ w.t(), args.calls)  # W_hh read transposed, as the step does
     d_pre = torch.randn(B, 4 * H)
     recurrent_bwd = _us(lambda: d_pre @ w, args.calls)
     sequence = _sequence_gemms(B, H, T, max(1, args.calls // 20))
