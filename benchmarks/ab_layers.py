@@ -2,16 +2,17 @@
 
     git worktree add /tmp/base <commit>
     python benchmarks/ab_layers.py /tmp/base/src [--kind LSTM|GRU] [--batch 20] [--steps 20]
-                                   [--hidden 200] [--reps 10] [--malloc steady|default]
+                                   [--hidden 200] [--reps 150] [--malloc steady|default]
 
 ``benchmarks/ab_trees.py`` compares two checkouts in alternating processes; with two threads
 this machine's process-to-process spread (±25 % on unchanged code) hides changes of a few
 per cent. This script loads the base checkout's ``noisyact/rnn/_fused_common.py``,
 ``_fused_lstm.py`` and ``_fused_gru.py`` beside the installed ones (the rest of the package,
 compiler included, is shared: the base must call it as the current code does) and times a
-2-layer NoisyLSTM/NoisyGRU (NAH) training step with each in turn, alternating their order
-every repetition, and the torch layer after them. It prints the median times and the median
-per-repetition ratios new/base (< 1: the current code is faster) and × torch.
+2-layer NoisyLSTM/NoisyGRU (NAH) training step of the torch layer, the base layers and the
+current ones in turn within every repetition (``benchmarks/rnn.py``'s interleaving). It prints
+the median tokens/s, the median per-repetition time ratio new/base (< 1: the current code is
+faster) and the speed × torch.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ import importlib.util
 import os
 import statistics
 import sys
-import time
 from types import ModuleType
 
 import torch
-from rnn import _steady_malloc  # benchmarks/rnn.py, beside this script
+from rnn import _interleaved, _rates, _steady_malloc  # benchmarks/rnn.py, beside this script
 from torch import nn
 
 import noisyact
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=20)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--hidden", type=int, default=200)
-    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--reps", type=int, default=150)
     ap.add_argument("--malloc", choices=("steady", "default"), default="steady")
     args = ap.parse_args()
     if args.malloc == "steady":
@@ -83,41 +83,25 @@ def main() -> None:
     ref = getattr(nn, args.kind)(H, H, 2)
     x = torch.randn(T, B, H)
 
-    def train(m: nn.Module) -> None:
+    def train(m: nn.Module, layers: tuple[object, object] | None = None) -> None:
+        if layers is not None:
+            use(layers)
         m.zero_grad(set_to_none=True)
         m(x)[0].sum().backward()
 
-    def timed(m: nn.Module, n: int = 15) -> float:
-        ts = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            train(m)
-            ts.append(time.perf_counter() - t0)
-        return statistics.median(ts)
-
-    for layers in (base, new):
-        use(layers)
-        for _ in range(5):
-            train(ours)
-    times: dict[str, list[float]] = {"base": [], "new": [], "torch": []}
-    for r in range(args.reps):
-        for name in ("base", "new") if r % 2 == 0 else ("new", "base"):
-            use(base if name == "base" else new)
-            times[name].append(timed(ours))
-        times["torch"].append(timed(ref))
+    names = ("torch", "base", "new")
+    fns = [lambda: train(ref), lambda: train(ours, base), lambda: train(ours, new)]
+    times = _interleaved(fns, args.reps, "cpu")
     use(new)
-
-    def ratio(num: str, den: str) -> float:
-        return statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))
-
+    rates = _rates(times, B * T)
+    new_base = statistics.median(n / b for b, n in zip(times[1], times[2], strict=True))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.kind} 2×{H}, "
           f"batch {B}, {T} steps, {args.reps} repetitions, malloc {args.malloc}")
-    print("| layers | train step (ms) | new/base | × torch |")
+    print("| layers | train tok/s | time new/base | × torch |")
     print("|---|---:|---:|---:|")
-    for name in ("base", "new"):
-        print(f"| {name} | {statistics.median(times[name]) * 1e3:.2f} | "
-              f"{ratio(name, 'base'):.3f} | {ratio('torch', name):.3f} |")
-    print(f"| torch | {statistics.median(times['torch']) * 1e3:.2f} | | 1.000 |")
+    for name, (rate, vs_torch) in zip(names, rates, strict=True):
+        ratio = {"base": "1.000", "new": f"{new_base:.3f}"}.get(name, "")
+        print(f"| {name} | {rate:,.0f} | {ratio} | {vs_torch:.3f} |")
 
 
 if __name__ == "__main__":
