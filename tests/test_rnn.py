@@ -188,6 +188,36 @@ def test_fused_and_generic_paths_agree_in_eval(cls, variant):
     torch.testing.assert_close(a[0], b[0])
 
 
+class _RecordProducts(torch.overrides.TorchFunctionMode):
+    """The (left, right) operands of every matrix product called while it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.products: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in ("__matmul__", "matmul", "mm"):
+            self.products.append((args[0], args[1]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("cls,gates", [(NoisyLSTM, 4), (NoisyGRU, 3)])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_step_multiplies_by_a_contiguous_transposed_weight(cls, gates, training):
+    """The forward step's product h @ W_hhᵀ takes Wᵀ as a contiguous copy, not a transposed
+    view: MKL sums a product of one to three rows in another order when its right operand is a
+    view, so evaluation with batch 1 and beam search would change in their last bits (and the
+    committed results, made with the copy, would no longer reproduce bit for bit)."""
+    H = 8
+    m = cls(5, H, num_layers=2).train(training)
+    noisyact.set_fused_mode("eager")
+    with _RecordProducts() as rec, torch.no_grad():
+        m(torch.randn(3, 1, 5))
+    recurrent = [w for h, w in rec.products if h.shape == (1, H) and w.shape == (H, gates * H)]
+    assert len(recurrent) == 2 * 3  # two layers, three steps
+    assert all(w.is_contiguous() for w in recurrent)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cls,dtype,tol", [(NoisyLSTM, torch.bfloat16, 3e-2),
                                            (NoisyGRU, torch.float16, 5e-3)])

@@ -134,6 +134,16 @@ def accumulate(acc: Tensor, parts: list[Tensor]) -> Tensor:
     return torch.cat([acc[:, j * H:(j + 1) * H] + x for j, x in enumerate(parts)], dim=1)
 
 
+def recurrent_transposed(w: Tensor) -> Tensor:
+    """Wᵀ of a recurrent weight W (G, H), contiguous: what the forward step multiplies by, made
+    once per layer call. Reading W transposed in place would save the copy, but MKL sums a
+    product of a few rows (on the CPU tested: one to three with one thread, five too with two)
+    in another order when its right operand is a transposed view, so small batches (evaluation
+    with batch 1, beam search) would change in their last bits and the committed results would
+    no longer reproduce bit for bit."""
+    return w.t().contiguous()
+
+
 def recurrent_weight_grad(d_pre: Tensor, h_prev: list[Tensor], out: Tensor,
                           mask: Tensor | None) -> Tensor:
     """Σ_t d_pre[t]ᵀ h_{t−1} as GEMMs; without a mask the outputs are the states, so

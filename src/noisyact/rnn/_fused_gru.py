@@ -25,6 +25,7 @@ from ._fused_common import (
     needs_grad,
     pack,
     per_step,
+    recurrent_transposed,
     recurrent_weight_grad,
     sequence_noise,
     unit_specs,
@@ -44,9 +45,10 @@ class GRUUnits(NamedTuple):
 
 
 class Recurrent(NamedTuple):
-    """The recurrent weights of a step: U (3H, H) as stored (read transposed) and b_h (3H,)."""
+    """The recurrent weights of a step: Uᵀ (H, 3H), contiguous (see
+    :func:`~._fused_common.recurrent_transposed`), and b_h (3H,)."""
 
-    w: Tensor
+    w_t: Tensor
     b: Tensor
 
 
@@ -72,7 +74,7 @@ def _value(x: Tensor, xi: Tensor, unit: UnitTensors, kind: UnitKind) -> UnitGrad
 def _fwd_step(gi: Tensor, h: Tensor, rec: Recurrent, xi: Tensor, m: Tensor | None,
               units: GRUUnits, kinds: GRUUnits, save: bool) -> tuple[Tensor, ...]:
     """(h[, output][, coefficients]) of one step (mask as in the LSTM's step)."""
-    hw = h @ rec.w.t()
+    hw = h @ rec.w_t
     H = h.shape[-1]
 
     def gh(j: int) -> Tensor:  # U h + b_h of one gate (not one addmm: see the LSTM's step)
@@ -131,7 +133,8 @@ class _GRULayer(torch.autograd.Function):
     def forward(ctx, gi, h0, w_hh, b_hh, plan, *ps):  # type: ignore[override]
         T, B, G = gi.shape
         gi = gi.contiguous()
-        rec = Recurrent(w_hh.to(gi.dtype).contiguous(), b_hh.to(gi.dtype).contiguous())
+        w = w_hh.to(gi.dtype).contiguous()
+        rec = Recurrent(recurrent_transposed(w), b_hh.to(gi.dtype).contiguous())
         h = h0.to(gi.dtype).contiguous()
         mask = plan.mask
         xi = sequence_noise(plan.noise, (T, B, G), gi)
@@ -144,7 +147,7 @@ class _GRULayer(torch.autograd.Function):
             if plan.save:
                 coeffs.append(rest[-1])
         out = torch.stack(hs)
-        ctx.save_for_backward(out, w_hh, rec.w, b_hh, mask, *ps)
+        ctx.save_for_backward(out, w_hh, w, b_hh, mask, *ps)
         ctx.coeffs, ctx.h_prev = coeffs, h_prev
         return out, h
 

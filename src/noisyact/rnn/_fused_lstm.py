@@ -28,6 +28,7 @@ from ._fused_common import (
     needs_grad,
     pack,
     per_step,
+    recurrent_transposed,
     recurrent_weight_grad,
     sequence_noise,
     unit_specs,
@@ -74,17 +75,17 @@ def _value(x: Tensor, xi: Tensor, unit: UnitTensors, kind: UnitKind) -> UnitGrad
     return UnitGrad(unit_forward(x, xi, unit, kind), None, None)  # type: ignore[arg-type]
 
 
-def _fwd_step(xp: Tensor, state: LSTMState, w: Tensor, xi: Tensor, m: Tensor | None,
+def _fwd_step(xp: Tensor, state: LSTMState, w_t: Tensor, xi: Tensor, m: Tensor | None,
               units: LSTMUnits, kinds: LSTMUnits, save: bool) -> tuple[Tensor, ...]:
     """(h, c[, output][, coefficients]) of one step; with a mask ``m`` (B, 1) the states are
-    kept where a sequence has ended and the output is zero there. ``w`` is W_hh (4H, H) as
-    stored: the product reads it transposed (a copy of Wᵀ per call would cost more)."""
+    kept where a sequence has ended and the output is zero there. ``w_t`` is W_hhᵀ (H, 4H),
+    contiguous (see :func:`~._fused_common.recurrent_transposed`)."""
     h, c = state
-    hw = h @ w.t()
+    hw = h @ w_t
     H = c.shape[-1]
 
     def pre(j: int) -> Tensor:
-        # added gate by gate inside the units' loop: written as xp + h @ w.t(), the compiler
+        # added gate by gate inside the units' loop: written as xp + h @ w_t, the compiler
         # makes it an addmm, which first copies xp into its output
         return xp[:, j * H:(j + 1) * H] + hw[:, j * H:(j + 1) * H]
 
@@ -144,6 +145,7 @@ class _LSTMLayer(torch.autograd.Function):
         T, B = xp.shape[:2]
         xp = xp.contiguous()
         w = w_hh.to(xp.dtype).contiguous()
+        w_t = recurrent_transposed(w)
         h, c = h0.to(xp.dtype).contiguous(), c0.to(xp.dtype).contiguous()
         mask = plan.mask
         xi = sequence_noise(plan.noise, (T, B, 5 * h.shape[-1]), xp)
@@ -151,7 +153,7 @@ class _LSTMLayer(torch.autograd.Function):
         coeffs, hs, h_prev = [], [], []
         for x_t, xi_t, m_t in zip(xp.unbind(0), per_step(xi, T), per_step(mask, T), strict=True):
             h_prev.append(h)
-            h, c, *rest = step(x_t, LSTMState(h, c), w, xi_t, m_t, plan.units)
+            h, c, *rest = step(x_t, LSTMState(h, c), w_t, xi_t, m_t, plan.units)
             hs.append(rest[0] if mask is not None else h)
             if plan.save:
                 coeffs.append(rest[-1])
