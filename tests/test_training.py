@@ -152,6 +152,35 @@ def test_ptb_pipeline_on_fixture(tmp_path):
     assert task.lr_at(0, 1.0) == 1.0 and task.lr_at(task.steps_per_epoch, 1.0) == 0.5
 
 
+def test_ptb_factorial_rows_and_training_text_in_eval_mode(tmp_path):
+    """Issue 32: alpha-only is NAN without noise (c = 0), noise-only NAN with α = 1; every
+    validation also logs the perplexity of a fixed training sample in eval mode."""
+    from noisyact.experiments import ptb
+
+    data = os.path.join(os.path.dirname(__file__), "data", "ptb")
+    cfg = replace(ptb.PRESETS["smoke"], data_dir=data)
+    def units(row):
+        rnn = ptb.PTBTask(row, cfg, 0).build_model().rnn
+        return [m for n, m in rnn.named_modules() if n.count(".") == 1]
+
+    assert len(units("alpha-only")) == 6
+    assert all(u.c == 0.0 and u.alpha > 1.0 and u.variant == "NAN" for u in units("alpha-only"))
+    assert all(u.c == 0.5 and u.alpha == 1.0 and u.variant == "NAN" for u in units("noise-only"))
+    out = tmp_path / "ptb"
+    assert cli.main(["run", "ptb", "--preset", "smoke", "--data-dir", data, "--out", str(out),
+                     "--no-progress", "rows=noise-only", "epochs=1", "train_eval_tokens=40"]) == 0
+    records = [json.loads(line) for line in (out / "noise-only" / "seed0" / "metrics.jsonl")
+               .read_text().splitlines()]
+    evals = [r for r in records if "valid_ppl" in r]
+    assert evals and all(r["train_eval_ppl"] > 1 for r in evals)
+    task = ptb.PTBTask("noise-only", replace(cfg, train_eval_tokens=40), 0)
+    assert task.eval_data["train_eval"].numel() == 40 - 40 % cfg.eval_batch
+    assert torch.equal(task.eval_data["train_eval"].t().reshape(-1),
+                       ptb.tokenize(ptb.load_text(data))[0]["train"][:40])
+    off = ptb.PTBTask("noise-only", cfg.without_monitor(), 0)
+    assert off.monitor_splits == () and "train_eval" not in off.eval_data
+
+
 def test_ptb_missing_data_says_how_to_get_it(tmp_path):
     from noisyact.experiments import ptb
 

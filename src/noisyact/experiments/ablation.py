@@ -238,7 +238,7 @@ class PTBAblationTask(PTBTask):
 
     def build_model(self) -> nn.Module:
         c = self.cfg
-        model = LanguageModel(len(self.vocab), c, "hard")
+        model = LanguageModel(len(self.vocab), c, {"variant": "hard"})
         drop = c.dropout if c.layers > 1 else 0.0
         model.rnn = build_rnn(self.row, c.emb, c.hidden, num_layers=c.layers, dropout=drop)
         uniform_init_(model.rnn, c.init)  # Zaremba's U(±init) as in LanguageModel; p keep U(±1)
@@ -250,6 +250,7 @@ class PTBAblationTask(PTBTask):
 
 
 TASKS = ("unique-count", "ptb")
+_PTB_QUICK = PTB_PRESETS["quick"].without_monitor()
 
 
 def make_ablation_task(row: str, cfg: AblationConfig, seed: int) -> BaseTask:
@@ -287,7 +288,7 @@ class AblationConfig(StepsConfig):
     mlp: int = UC_QUICK.mlp  # unique-count: units of the ReLU layer after the pooling
     valid_size: int = UC_QUICK.valid_size  # unique-count: validation sequences
     test_size: int = UC_QUICK.test_size  # unique-count: test sequences
-    ptb: PTBConfig = PTB_PRESETS["quick"]  # task=ptb: its settings (``ptb_<setting>``)
+    ptb: PTBConfig = _PTB_QUICK  # task=ptb: its settings (``ptb_<setting>``)
 
 
 QUICK = AblationConfig()  # the ablation rows at the unique-count quick budget, 3 seeds
@@ -295,7 +296,7 @@ QUICK = AblationConfig()  # the ablation rows at the unique-count quick budget, 
 PRESETS = {
     # seconds: every ablation row and two grid cells (so that the figures are drawn)
     "smoke": replace(QUICK, hidden=8, mlp=8, steps=20, eval_every=10, ckpt_every=10,
-                     valid_size=200, test_size=200, ptb=PTB_PRESETS["smoke"], seeds=1,
+                     valid_size=200, test_size=200, ptb=PTB_PRESETS["smoke"].without_monitor(), seeds=1,
                      rows=(*ABLATION_ROWS, grid_row(0.5, 1.15), grid_row(5.0, 1.0))),
     "quick": QUICK,
     # the sensitivity grid: 7 c × 6 α × 3 seeds of NAN at the quick budget

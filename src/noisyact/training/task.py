@@ -31,6 +31,9 @@ class Task:
     finished: bool = False
     #: tokens processed per update on one process, or None when throughput is not reported
     tokens_per_step: int | None = None
+    #: further splits that :meth:`evaluate` accepts, evaluated and logged (as ``split_metric``)
+    #: beside each validation, e.g. a sample of the training text in eval mode
+    monitor_splits: tuple[str, ...] = ()
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError
@@ -43,7 +46,8 @@ class Task:
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
-        """Metrics on ``split`` ("valid" or "test"), model in eval mode, no grad."""
+        """Metrics on ``split`` ("valid", "test" or one of :attr:`monitor_splits`), model in eval
+        mode, no grad."""
         raise NotImplementedError
 
     def annealer(self, model: nn.Module) -> NoiseAnnealer | None:

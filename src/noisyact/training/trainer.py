@@ -211,7 +211,9 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
         done = step == cfg.steps or task.finished
         if step % cfg.eval_every == 0 or done:
             metrics = task.evaluate(model, "valid") if dist.is_main else {}
-            log({"step": step, **{f"valid_{k}": v for k, v in metrics.items()}})
+            monitored = {f"{split}_{k}": v for split in task.monitor_splits if dist.is_main
+                         for k, v in task.evaluate(model, split).items()}
+            log({"step": step, **{f"valid_{k}": v for k, v in metrics.items()}, **monitored})
             if dist.is_main:  # before the checkpoint, so that what the task keeps is saved
                 task.on_evaluate(model, step, metrics)
         if step % cfg.ckpt_every == 0 or done:
