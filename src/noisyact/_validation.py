@@ -51,6 +51,24 @@ def check_hyperparameters(*, alpha: object, c: object) -> None:
     check_c(c)
 
 
+def check_fits(dtype: torch.dtype, *, alpha: object, c: object) -> None:
+    """α and c representable in the dtype that an input of ``dtype`` is
+    computed in (float32 for float16/bfloat16): a c that passes as finite but overflows there
+    would make every output NaN (c·0 = ∞·0 in the linear regime)."""
+    cdt = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    if not cdt.is_floating_point:
+        return
+    big = torch.finfo(cdt).max
+    for name, v in (("alpha", alpha), ("c", c)):
+        if isinstance(v, torch.Tensor):  # checked where no sync or graph break is needed
+            if torch.compiler.is_compiling() or v.device.type != "cpu" or v.numel() != 1:
+                continue
+            v = float(v.detach().reshape(()).item())
+        if isinstance(v, numbers.Real) and abs(float(v)) > big:
+            raise ValueError(f"{name} = {float(v):g} overflows {cdt} (largest {big:.4g}), the "
+                             f"dtype that an input of {dtype} is computed in")
+
+
 def env_choice(variable: str, choices: tuple[str, ...], default: str) -> str:
     """The value of environment variable ``variable`` (``default`` when unset), which must be
     one of ``choices`` (``ValueError`` naming the variable otherwise)."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import experiments
-from .experiments.base import report_settings
+from .experiments.base import RunError, report_settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             exp = experiments.get(name)
             print(f"{name:22s} presets: {', '.join(exp.presets)}; rows: {', '.join(exp.rows)}")
         return 0
+    main_thread = threading.current_thread() is threading.main_thread()
+    # SIGTERM stops as Ctrl-C does (a handler can only be set from the main thread)
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         if args.command == "run":
             if "=" in args.experiment:  # `noisyact run key=value`: the default experiment
@@ -81,9 +86,36 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"results: {results}")
             return 0
         return _report(args)
-    except (ValueError, FileExistsError) as exc:
+    except (ValueError, FileExistsError, RunError) as exc:
         print(f"noisyact: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a folder gone: one line naming the file
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"noisyact: error: {exc.strerror or exc}{where}; finished runs and checkpoints are "
+              "kept: fix it and continue with the same command and --resume", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        what = "continue with the same command and --resume" if args.command == "run" else \
+            "run it again"
+        print(f"\nnoisyact: stopped by {signal.Signals(signum).name}; finished runs and "
+              f"checkpoints are kept: {what}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it stops as it does on Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
 
 
 def _report(args: argparse.Namespace) -> int:

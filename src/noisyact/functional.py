@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 
 from . import fused
-from ._validation import check_hyperparameters
+from ._validation import check_fits, check_hyperparameters
 from .fused import compute_dtype
 from .noise import draw_keys, normal_like, uses_counter_noise
 from .saturating import HARD_SIGMOID, HARD_TANH, SIGMOID, TANH, Saturating
@@ -111,6 +111,14 @@ def default_c(variant: str | Variant) -> float:
 def saturation(h_x: Tensor, u_x: Tensor) -> Tensor:
     """Eq. 8: ∆ = h(x) − u(x), zero in the linear regime."""
     return h_x - u_x
+
+
+def blend(h_x: Tensor, u_x: Tensor, alpha: float) -> Tensor:
+    """αh(x) + (1 − α)u(x), the noiseless part of Eqs. 12-13; h itself at α = 1, so that
+    u(±∞) = ±∞ gives h(±∞) and not 0·∞ = NaN."""
+    if alpha == 1.0:
+        return h_x
+    return alpha * h_x + (1.0 - alpha) * u_x
 
 
 def noise_scale(delta: Tensor, p: Tensor, c: float | Tensor) -> Tensor:
@@ -176,7 +184,7 @@ def output_noise_expectation(
     half_normal: bool,
 ) -> Tensor:
     """Eq. 13: E_ξ[φ(x, ξ)] = αh + (1 − α)u + d σ E[ε] (all arguments in the compute dtype)."""
-    out = alpha * h_x + (1.0 - alpha) * u_x
+    out = blend(h_x, u_x, alpha)
     if half_normal:
         sigma = noise_scale(saturation(h_x, u_x), p, c)
         out = out + noise_direction(x, alpha) * sigma * math.sqrt(2.0 / math.pi)
@@ -254,6 +262,7 @@ def noisy_activation(
     if clip_output and fn.bounds is None:
         raise ValueError(f"clip_output needs the range of h; {fn.name!r} has none "
                          "(give Saturating(..., bounds=(lo, hi)))")
+    check_fits(x.dtype, alpha=alpha, c=c)
     p_b = _p_for(v, p, x, dim)
 
     if training and fn.affine is not None and fused.enabled_for(x, c):
@@ -278,7 +287,7 @@ def noisy_activation(
             if v.half_normal:
                 eps = eps.abs()
             sigma = noise_scale(saturation(h_x, u_x), p_b, c)
-            out = alpha * h_x + (1.0 - alpha) * u_x + noise_direction(xf, alpha) * sigma * eps
+            out = blend(h_x, u_x, alpha) + noise_direction(xf, alpha) * sigma * eps
         if clip_output:
             assert fn.bounds is not None
             out = torch.clamp(out, fn.bounds[0], fn.bounds[1])

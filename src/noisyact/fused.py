@@ -39,8 +39,9 @@ A kernel reads its variant from a :class:`UnitKind` (a static, hashable argument
 kernel is specialised to it) and its tensors from a :class:`UnitTensors` (p, c, hp); the terms of
 Eqs. 8-12 shared by the forward and backward kernels are the named fields of :class:`Terms`.
 
-The backward kernel is ``once_differentiable``: double backward needs the reference path
-(:func:`set_fused_mode` ``("off")``).
+The backward kernel gives first derivatives only (:func:`first_order_backward`): a backward with
+``create_graph=True`` is refused with an error that names the reference path
+(:func:`set_fused_mode` ``("off")``), which has higher derivatives.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ __all__ = [
     "UnitTensors",
     "constants",
     "enabled_for",
+    "first_order_backward",
     "fused_mode",
     "kernel_noise",
     "noisy_unit",
@@ -74,6 +76,29 @@ __all__ = [
     "unit_forward",
     "unit_kind",
 ]
+
+
+DOUBLE_BACKWARD = (
+    "noisyact: the fused path computes first derivatives only, and this backward was asked to "
+    "build a graph (create_graph=True, e.g. for a second derivative); call "
+    "noisyact.set_fused_mode(\"off\") to use the reference path, which has them all"
+)
+
+
+def first_order_backward(backward):  # type: ignore[no-untyped-def]
+    """Decorate the ``backward`` of a fused :class:`torch.autograd.Function`: run it without
+    building a graph (as ``once_differentiable``), and refuse with a clear error a backward that
+    must build one (``create_graph=True``), which would otherwise give a second derivative of
+    zero or ``None`` without a word."""
+    inner = once_differentiable(backward)
+
+    @functools.wraps(backward)
+    def wrapped(ctx, *grads):  # type: ignore[no-untyped-def]
+        if torch.is_grad_enabled():
+            raise RuntimeError(DOUBLE_BACKWARD)
+        return inner(ctx, *grads)
+
+    return wrapped
 
 
 def enabled_for(x: Tensor, c: object) -> bool:
@@ -157,7 +182,9 @@ def _terms(x: Tensor, unit: UnitTensors) -> Terms:
     kx = k * xf
     t = torch.clamp(kx, -1.0, 1.0)
     delta = b * (t - kx)  # Eq. 8
-    sg = torch.sigmoid(unit.p.to(cdt) * delta)
+    p = unit.p.to(cdt)
+    # p = 0 (a unit without p): z = 0 also at x = ±∞, where p∆ would be 0·∞
+    sg = torch.sigmoid(torch.where(p == 0, 0.0, p * delta))
     s = sg - 0.5
     cc = unit.c.to(cdt)
     return Terms(xf, alpha, a, b, k, kx, t, delta, sg, s, cc, cc * s * s)
@@ -169,8 +196,10 @@ def _output_value(tm: Terms, xif: Tensor, half: bool) -> tuple[Tensor, Tensor, T
     sign_alpha = torch.where(1.0 - alpha >= 0, 1.0, -1.0)
     d = torch.where(tm.xf >= 0, -sign_alpha, sign_alpha)  # d(x), sgn(0) = 1
     eps = xif.abs() if half else xif
-    value = (alpha * (tm.a + tm.b * tm.t) + (1.0 - alpha) * (tm.a + tm.b * tm.kx)
-             + d * tm.sigma * eps)
+    h = tm.a + tm.b * tm.t
+    # αh + (1 − α)u, h itself at α = 1 (u(±∞) = ±∞ would give 0·∞), as functional.blend
+    mixed = torch.where(alpha == 1.0, h, alpha * h + (1.0 - alpha) * (tm.a + tm.b * tm.kx))
+    value = mixed + d * tm.sigma * eps
     return value, d, eps
 
 
@@ -322,7 +351,7 @@ class _NoisyUnit(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward
     def backward(ctx, grad):  # type: ignore[override]
         x3, p3, xi3, key, c, hp = ctx.saved_tensors
         if ctx.regen is not None:

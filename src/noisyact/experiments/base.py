@@ -10,9 +10,11 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,12 +26,12 @@ from torch import Tensor, nn
 
 from ..compiler import compile_after, compile_after_chosen, fused_mode, set_compile_after
 from ..noise import noise_source
-from ..training.checkpoint import atomic_write_json
+from ..training.checkpoint import atomic_write_json, load_checkpoint
 from ..training.distributed import DistInfo, barrier, setup_distributed
 from ..training.report import RowResult, collect, plot_curves, results_table, write_results
 from ..training.runfolder import RunFolder, command_line, provenance
 from ..training.task import Task
-from ..training.trainer import TrainConfig, train
+from ..training.trainer import ResumeError, TrainConfig, resume_conflicts, train
 from ..training.verdict import Claim, verdict_table
 from .config import ExperimentConfig, check_settings
 
@@ -202,7 +204,8 @@ def _train_one(spec: RunSpec, dist: DistInfo, progress: bool) -> RunOutcome:
     task = spec.exp.make_task(spec.row, spec.cfg, spec.seed)
     try:
         final = train(task, spec.exp.train_config(spec.cfg, spec.seed), spec.run_dir, dist=dist,
-                      resume=spec.resume, progress=progress, desc=f"{spec.row} seed {spec.seed}")
+                      resume=spec.resume, progress=progress, desc=f"{spec.row} seed {spec.seed}",
+                      settings=spec.cfg.to_dict())
     except FloatingPointError as err:  # a diverged seed is a result, not a crash
         final = {"failed": str(err)}
         if dist.is_main:
@@ -230,18 +233,47 @@ def exit_with_parent() -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _worker_init(threads: int, noise_source: str, fused: str, after: float) -> None:
+class _Stopped(Exception):
+    """A worker's run stopped by the parent."""
+
+
+class _WorkerState:
+    stop: Any = None  # the parent's multiprocessing.Event: set, no further run starts
+    running = False
+
+
+def _worker_init(threads: int, noise_source: str, fused: str, after: float, stop: Any) -> None:
     from .. import compiler, noise
 
     exit_with_parent()
+    # Ctrl-C reaches the whole process group: the parent stops the workers. It sets ``stop`` (no
+    # queued run starts) and sends SIGTERM, which ends the run in hand where it is (checkpoints
+    # are atomic) so that the worker returns to the pool and the pool shuts down cleanly.
+    _WorkerState.stop = stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_worker)
     torch.set_num_threads(threads)
     noise.set_noise_source(noise_source)
     compiler.set_fused_mode(fused)
     compiler.set_compile_after(after)
 
 
+def _stop_worker(signum: int, frame: Any) -> None:
+    if _WorkerState.running:
+        raise _Stopped
+
+
 def _worker(spec: RunSpec) -> RunOutcome:
-    return _train_one(spec, DistInfo(), progress=False)
+    stopped = RunOutcome(spec.row, spec.seed, {"failed": "stopped"})
+    if _WorkerState.stop is not None and _WorkerState.stop.is_set():
+        return stopped
+    _WorkerState.running = True
+    try:
+        return _train_one(spec, DistInfo(), progress=False)
+    except _Stopped:
+        return stopped
+    finally:
+        _WorkerState.running = False
 
 
 def preflight(exp: Experiment, cfg: ExperimentConfig, rows: Sequence[str]) -> None:
@@ -308,6 +340,10 @@ def _run_experiment(exp: Experiment, preset: str, seeds: int | None, first_seed:
     unknown = [r for r in rows if r not in exp.rows]
     if unknown:
         raise ValueError(f"unknown rows {unknown}; known: {list(exp.rows)}")
+    repeated = sorted({r for r in rows if rows.count(r) > 1})
+    if repeated:
+        raise ValueError(f"rows names {', '.join(repeated)} more than once: each row is one run "
+                         "per seed")
     dist = setup_distributed(device)
     if dist.enabled and jobs > 1:
         raise ValueError("jobs > 1 cannot be combined with torchrun")
@@ -325,15 +361,23 @@ def _run_experiment(exp: Experiment, preset: str, seeds: int | None, first_seed:
             folder.check(config, resume=resume, overwrite=overwrite)
             if overwrite:
                 folder.clear()
+            folder.remove_partial_writes()  # of a process killed while writing
+        todo = [s for s in specs if not (s.run_dir / "final.json").exists()]
+        if dist.is_main:
+            if resume:  # before anything trains: every checkpoint against these settings
+                check_resumable(exp, todo, dist.world_size)
             folder.write_config(config)
         barrier(dist)
-        todo = [s for s in specs if not (s.run_dir / "final.json").exists()]
-        for o in _run_all(todo, dist, jobs, progress):  # each as it finishes
-            if dist.is_main:
-                shown = (f"FAILED ({o.final['failed']})" if o.failed else
-                         ", ".join(f"{k}={_number(o.final[k])}" for k, _ in exp.columns
-                                   if isinstance(o.final.get(k), int | float)))
-                log(f"[{exp.name}] {o.row} seed {o.seed}: {shown}")
+        outcomes = _run_all(todo, dist, jobs, progress)
+        try:
+            for o in outcomes:  # each as it finishes
+                if dist.is_main:
+                    shown = (f"FAILED ({o.final['failed']})" if o.failed else
+                             ", ".join(f"{k}={_number(o.final[k])}" for k, _ in exp.columns
+                                       if isinstance(o.final.get(k), int | float)))
+                    log(f"[{exp.name}] {o.row} seed {o.seed}: {shown}")
+        finally:
+            outcomes.close()  # an interrupted pool stops its workers
         barrier(dist)
         if dist.is_main:
             write_report(exp, out_dir, report_settings(json.loads(
@@ -356,12 +400,43 @@ def _run_all(specs: list[RunSpec], dist: DistInfo, jobs: int, progress: bool
 
     threads = max(1, torch.get_num_threads() // jobs)
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
-                             initargs=(threads, noise.noise_source(), compiler.fused_mode(),
-                                       compiler.compile_after())
-                             ) as pool:
+    stop = ctx.Event()
+    pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                               initargs=(threads, noise.noise_source(), compiler.fused_mode(),
+                                         compiler.compile_after(), stop))
+    try:
         for future in as_completed([pool.submit(_worker, s) for s in specs]):
-            yield future.result()
+            try:
+                yield future.result()
+            except BrokenProcessPool:
+                raise RunError("a worker process ended abruptly (killed, or out of memory); "
+                               "finished runs and checkpoints are kept: continue with the same "
+                               "command and --resume") from None
+    except BaseException:  # Ctrl-C, SIGTERM, a failed run: no queued run starts, none goes on
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in multiprocessing.active_children():
+            child.terminate()  # SIGTERM: the run in hand returns (_stop_worker)
+        raise
+    finally:
+        pool.shutdown()  # the workers end and the pool's queues are released
+
+
+class RunError(RuntimeError):
+    """A run that could not go on (a worker process died); the message says how to continue."""
+
+
+def check_resumable(exp: Experiment, specs: Sequence[RunSpec], world_size: int) -> None:
+    """Refuse (:class:`~noisyact.training.trainer.ResumeError`) to continue any checkpoint of
+    ``specs`` that was trained under other settings or another number of processes."""
+    for spec in specs:
+        path = spec.run_dir / "checkpoint.pt"
+        if path.exists():
+            ck = load_checkpoint(path, required=("config",))
+            conflicts = resume_conflicts(ck, exp.train_config(spec.cfg, spec.seed),
+                                         spec.cfg.to_dict(), world_size)
+            if conflicts:
+                raise ResumeError(path, conflicts)
 
 
 def write_report(exp: Experiment, out_dir: Path, cfg: dict[str, Any] | None = None) -> Path:
@@ -371,7 +446,14 @@ def write_report(exp: Experiment, out_dir: Path, cfg: dict[str, Any] | None = No
         cfg = json.loads((out_dir / "config.json").read_text())["settings"]
     rows = list(cfg.get("rows") or exp.rows)
     results = exp.complete(collect(out_dir, rows))
-    body = [exp.description, results_table(results, exp.columns, exp.paper)]
+    body = [exp.description]
+    expected = len(rows) * int(cfg.get("seeds", 1))
+    finished = sum(len(r.finals) for r in results)
+    if finished < expected:  # a run still writing the folder, or one that was stopped
+        body.append(f"**Partial: {finished} of {expected} runs have finished** (the others are "
+                    "running, were interrupted or not started); the tables show the finished "
+                    "ones.")
+    body.append(results_table(results, exp.columns, exp.paper))
     claims = [c for c in exp.claims if c.better in rows and c.than in rows]
     if claims:
         body.append("Claims of the paper, judged over seeds (difference in the paper's direction, "
@@ -397,6 +479,7 @@ __all__ = [
     "DistInfo",
     "Experiment",
     "ExperimentConfig",
+    "RunError",
     "batch_generator",
     "check_settings",
     "model_device",

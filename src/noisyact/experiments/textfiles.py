@@ -1,5 +1,6 @@
 """Reading the text files that users supply (PTB, Multi30k, Flickr8k captions): UTF-8, plain or
-``.gz``; a missing, unreadable, badly encoded or empty file is a ``ValueError`` naming it."""
+``.gz``; a byte-order mark at the start (as some editors write) is dropped, not read as a word; a
+missing, unreadable, badly encoded or empty file is a ``ValueError`` naming it."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def read_lines(path: Path, *, limit: int = 0, hint: str = "") -> tuple[list[str]
     lines: list[str] = []
     n = 0
     try:
-        with opener(path, "rt", encoding="utf-8") as fh:
+        with opener(path, "rt", encoding="utf-8-sig") as fh:  # a leading BOM is dropped
             for n, line in enumerate(fh, 1):
                 if not limit or n <= limit:
                     lines.append(line.rstrip("\r\n"))

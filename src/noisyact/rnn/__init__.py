@@ -38,7 +38,7 @@ step, is a few products: it neither redraws ξ nor evaluates a unit again. The r
 gradient is one matrix product at the end, the p gradient one sum over an accumulator. This fast
 path covers the hard units of every variant and without noise (``"hard"``); ``"soft"`` (the
 exact sigmoid/tanh of ``nn.LSTM``) runs a plain per-step loop through the modules. The fused
-backward is ``once_differentiable``: double backward needs ``set_fused_mode("off")``.
+backward gives first derivatives only: ``create_graph=True`` is refused, naming ``set_fused_mode("off")``.
 """
 
 from .cells import NoisyGRUCell, NoisyLSTMCell

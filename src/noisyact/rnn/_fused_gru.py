@@ -11,10 +11,16 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..compiler import loop_kernel
-from ..fused import UnitGrad, UnitKind, UnitTensors, unit_backward, unit_forward
+from ..fused import (
+    UnitGrad,
+    UnitKind,
+    UnitTensors,
+    first_order_backward,
+    unit_backward,
+    unit_forward,
+)
 from ._fused_common import (
     LayerNoise,
     accumulate,
@@ -152,7 +158,7 @@ class _GRULayer(torch.autograd.Function):
         return out, h
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward
     def backward(ctx, d_hs, d_h):  # type: ignore[override]
         out, w_hh, w, b_hh, mask, *ps = ctx.saved_tensors
         coeffs = ctx.coeffs

@@ -14,10 +14,16 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..compiler import loop_kernel
-from ..fused import UnitGrad, UnitKind, UnitTensors, unit_backward, unit_forward
+from ..fused import (
+    UnitGrad,
+    UnitKind,
+    UnitTensors,
+    first_order_backward,
+    unit_backward,
+    unit_forward,
+)
 from ._fused_common import (
     LayerNoise,
     accumulate,
@@ -163,7 +169,7 @@ class _LSTMLayer(torch.autograd.Function):
         return out, h, c
 
     @staticmethod
-    @once_differentiable
+    @first_order_backward
     def backward(ctx, d_hs, d_h, d_c):  # type: ignore[override]
         out, w_hh, w, mask, *ps = ctx.saved_tensors
         coeffs = ctx.coeffs

@@ -7,7 +7,11 @@ known). A run into an existing folder is checked against it *before anything is 
 - another experiment, preset or settings: refused, naming what differs;
 - the same settings with finished or partial runs: refused unless ``resume`` (continue them) or
   ``overwrite`` (delete them and start over);
-- ``resume`` under another provenance (noise source, fused mode, versions, commit): refused.
+- ``resume`` under another world size (``torchrun`` processes) or provenance (noise source,
+  fused mode, versions, commit): refused; the checkpoint of each run is checked against the
+  settings too (:func:`noisyact.training.trainer.resume_conflicts`), so a hand-edited
+  ``config.json`` cannot mix two settings in one run;
+- a damaged ``config.json`` is named; ``overwrite`` deletes it with the rest.
 
 While a run is going, the folder is locked (``flock`` on ``.lock``): a second process gets a clear
 error instead of interleaving its metrics with the first's.
@@ -85,6 +89,25 @@ def _read_json(path: Path) -> Any:
                              ) from None
 
 
+def read_config(path: Path) -> dict[str, Any]:
+    """A folder's ``config.json``, its structure checked: a :class:`RunFolderError` naming the
+    file and the field for a damaged or hand-broken one (``"seeds": "abc"``)."""
+    config = _read_json(path)
+    damaged = "; delete the folder or use --overwrite"
+    if not isinstance(config, dict):
+        raise RunFolderError(f"{path} is damaged (not a JSON object){damaged}")
+    if not isinstance(config.get("experiment"), str):
+        raise RunFolderError(f"{path} is damaged (no experiment name){damaged}")
+    if not isinstance(config.get("settings", {}), dict):
+        raise RunFolderError(f"{path} is damaged (settings is not an object){damaged}")
+    for key, least in (("seeds", 1), ("first_seed", 0), ("world_size", 1)):
+        v = config.get(key, least)
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise RunFolderError(f"{path} is damaged ({key}: {v!r} is not an integer >= "
+                                 f"{least}){damaged}")
+    return config
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any], keys: Any = None) -> list[str]:
     keys = sorted(set(old) | set(new)) if keys is None else keys
     return [f"{k}: {old.get(k)!r} in the folder, {new.get(k)!r} now" for k in keys
@@ -115,12 +138,9 @@ class RunFolder:
                 raise RunFolderError(f"--out {self.path} is not empty and has no config.json "
                                      "(not a noisyact run folder); choose another --out")
             return
-        old = _read_json(self.config_path)
-        if not isinstance(old, dict):
-            raise RunFolderError(f"{self.config_path} is damaged; delete the folder or use "
-                                 "--overwrite")
-        if overwrite:
+        if overwrite:  # whatever the old config.json holds, even a damaged one: deleted
             return
+        old = read_config(self.config_path)
         start_over = "use --overwrite to delete them and start over, or choose another --out"
         if old.get("experiment") != config["experiment"]:
             raise RunFolderError(f"{self.path} holds a {old.get('experiment')!r} run, not "
@@ -141,7 +161,9 @@ class RunFolder:
                                      f"{', ...' if len(started) > 4 else ''}); use --resume to "
                                      f"keep and continue them, or {start_over}")
             return
-        diff = _differences(old.get("provenance") or {}, config["provenance"], PINNED)
+        diff = _differences({"world_size": old.get("world_size", 1)},
+                            {"world_size": config.get("world_size", 1)})
+        diff += _differences(old.get("provenance") or {}, config["provenance"], PINNED)
         if diff and started:
             raise RunFolderError(f"cannot resume {self.path} under another setup ("
                                  + "; ".join(diff) + "): its numbers would mix two setups; "
@@ -159,21 +181,38 @@ class RunFolder:
             else:
                 p.unlink()
 
+    def remove_partial_writes(self) -> list[Path]:
+        """Delete the temporary files of atomic writes that a killed process left (only with
+        the folder's lock held: no other process is writing them); return them."""
+        left = sorted(self.path.glob("**/.*.tmp")) if self.path.is_dir() else []
+        for p in left:
+            p.unlink(missing_ok=True)
+        return left
+
     def write_config(self, config: dict[str, Any]) -> None:
         if self.config_path.exists():  # a resume may add seeds; the rest was checked equal
-            old = _read_json(self.config_path)
+            old = read_config(self.config_path)
             config = {**config, "seeds": max(int(old.get("seeds", 1)), int(config["seeds"])),
                       "created": old.get("created", config.get("created"))}
         atomic_write_json(config, self.config_path)
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the folder's exclusive lock, or fail at once if another process holds it."""
+        """Hold the folder's exclusive lock, or fail at once if another process holds it.
+        A lock that cannot be written (a full disk) is a :class:`RunFolderError` that leaves
+        neither the lock file nor a folder it had to create."""
+        new_dirs = [d for d in (self.path, *self.path.parents) if not d.exists()]
+        lock = self.path / LOCK_NAME
+
+        def cannot_write(exc: OSError) -> RunFolderError:
+            return RunFolderError(f"cannot write to --out {self.path}: {exc.strerror}")
+
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
-            raise RunFolderError(f"cannot write to --out {self.path}: {exc.strerror}") from None
+            _remove_empty(new_dirs)
+            raise cannot_write(exc) from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -182,11 +221,25 @@ class RunFolder:
                 raise RunFolderError(f"{self.path} is in use by another noisyact process "
                                      f"(pid {holder}); wait for it or choose another --out"
                                      ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
+            except OSError as exc:
+                lock.unlink(missing_ok=True)  # ours (we hold it): no empty lock left behind
+                _remove_empty(new_dirs)
+                raise cannot_write(exc) from None
             yield
         finally:
             os.close(fd)  # releases the lock
 
 
-__all__ = ["RunFolder", "RunFolderError", "command_line", "provenance"]
+def _remove_empty(dirs: list[Path]) -> None:
+    """Remove the folders of ``dirs`` (innermost first) that are empty."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
+__all__ = ["RunFolder", "RunFolderError", "command_line", "provenance", "read_config"]

@@ -60,6 +60,15 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1")
 
 
+class ResumeError(ValueError):
+    """A checkpoint that the run asked to continue was trained under other settings."""
+
+    def __init__(self, path: Path, conflicts: list[str]) -> None:
+        super().__init__(f"cannot resume {path}: it was trained with other settings ("
+                         + "; ".join(conflicts) + "); resume with the settings it was trained "
+                         "with, or use --overwrite to start over")
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -92,9 +101,25 @@ def make_optimizer(name: str, groups: Any, lr: float) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
+def resume_conflicts(ck: dict[str, Any], cfg: TrainConfig, settings: dict[str, Any] | None,
+                     world_size: int) -> list[str]:
+    """What differs between a checkpoint and the run that would continue it: its loop settings,
+    the experiment's settings and the number of processes (each ``key: old in the checkpoint,
+    new now``). Checkpoints from before a key was recorded are not compared on it."""
+    old = dict(ck.get("config") or {})
+    new = asdict(cfg)
+    if ck.get("settings") is not None and settings is not None:
+        old.update(ck["settings"])
+        new.update(settings)
+    if "world_size" in ck:
+        old["world_size"], new["world_size"] = ck["world_size"], world_size
+    keys = sorted(k for k in set(old) & set(new) if old[k] != new[k])
+    return [f"{k}: {old[k]!r} in the checkpoint, {new[k]!r} now" for k in keys]
+
+
 def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo | None = None,
           resume: bool = False, progress: bool = True, desc: str = "",
-          stop_at: int | None = None) -> dict[str, Any]:
+          stop_at: int | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one (row, seed) and return its final metrics (also written to ``final.json``).
 
     Args:
@@ -106,6 +131,8 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
         progress: show a progress bar (main rank, interactive terminals).
         desc: progress-bar label.
         stop_at: stop (as if killed) after this many steps, without finishing; for tests.
+        settings: the experiment's settings, kept in checkpoints: a resume under other settings
+            (or another number of processes) is refused, naming them (:func:`resume_conflicts`).
     """
     dist = dist or DistInfo()
     run_dir = Path(run_dir)
@@ -123,6 +150,9 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
     step, history, running, elapsed = 0, [], 0.0, 0.0
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path, required=("model", "optimizer", "step", "history", "rng"))
+        conflicts = resume_conflicts(ck, cfg, settings, dist.world_size)
+        if conflicts:
+            raise ResumeError(ckpt_path, conflicts)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         if annealer is not None and ck.get("annealer") is not None:
@@ -164,7 +194,8 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
                          "running_loss": running,
                          "elapsed_s": elapsed + time.perf_counter() - t_start,
                          "task": task.state_dict(),
-                         "config": asdict(cfg)}, ckpt_path)
+                         "config": asdict(cfg), "settings": settings,
+                         "world_size": dist.world_size}, ckpt_path)
 
     t_start = time.perf_counter()  # wall time of this process (evaluations included)
     show = progress and dist.is_main and sys.stderr.isatty()
@@ -242,4 +273,4 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, dist: DistInfo |
     return final
 
 
-__all__ = ["Task", "TrainConfig", "train"]
+__all__ = ["ResumeError", "Task", "TrainConfig", "resume_conflicts", "train"]
