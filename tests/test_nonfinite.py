@@ -57,6 +57,14 @@ def test_a_c_that_overflows_the_compute_dtype_is_refused(path, dtype):
                                             variant="NAN", alpha=1e39, training=True)
 
 
+@pytest.mark.parametrize("layer", [noisyact.NoisyLSTM, noisyact.NoisyGRU])
+def test_a_recurrent_layer_refuses_a_c_that_overflows(path, layer):
+    rnn = layer(3, 4, variant="NAH", unit_c=1e39).train()
+    with pytest.raises(ValueError, match=r"c = 1e\+39 overflows torch.float32"):
+        rnn(torch.zeros(2, 1, 3))
+    assert torch.isfinite(rnn.double()(torch.zeros(2, 1, 3, dtype=torch.float64))[0]).all()
+
+
 def test_a_large_c_is_fine_in_float64(path):
     unit = noisyact.NoisyHardTanh(variant="NAH", c=1e39).double().train()
     assert torch.equal(unit(torch.zeros(2, dtype=torch.float64)), torch.zeros(2, dtype=torch.float64))
