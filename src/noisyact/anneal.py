@@ -13,6 +13,7 @@ noisy module of a model, the way an LR scheduler writes the learning rate into a
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -143,6 +144,20 @@ class Cosine:
         return self.c_min + (self.c0 - self.c_min) * 0.5 * (1.0 + math.cos(math.pi * f))
 
 
+def _first_step_at(schedule: Schedule, c: float, horizon: int = 1 << 40) -> int | None:
+    """The first step at which a non-increasing ``schedule`` gives ``c``, or None."""
+    if schedule(horizon) > schedule(0):
+        return None  # not a decreasing schedule: a c does not say where it is
+    lo, hi = 0, horizon
+    while lo < hi:  # first step with schedule(step) <= c
+        mid = (lo + hi) // 2
+        if schedule(mid) <= c:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo if math.isclose(schedule(lo), c, rel_tol=1e-9, abs_tol=1e-12) else None
+
+
 def noisy_modules(model: nn.Module | Iterable[nn.Module]) -> list[nn.Module]:
     """Every module of ``model`` whose noise scale can be set (it has ``set_c``)."""
     mods = model.modules() if isinstance(model, nn.Module) else model
@@ -165,7 +180,10 @@ class NoiseAnnealer:
     Args:
         model: a model (its noisy modules are annealed) or an iterable of noisy modules.
         schedule: a :class:`Schedule`, e.g. :class:`InverseSqrt`.
-        last_step: number of updates already done (to resume without a state dict).
+        last_step: number of updates already done (to resume without a state dict). Default:
+            0, or, for a model whose c was set since it was built (a checkpoint loaded into it),
+            the first step at which the schedule gives that c, with a warning that says how to
+            resume exactly.
         variants: the variants to anneal (modules with a ``variant`` attribute outside it are
             left alone; modules without one are always annealed), or ``None`` for all.
             Default ``("NAN", "NAH", "NANIL")``.
@@ -192,7 +210,34 @@ class NoiseAnnealer:
             raise ValueError("model contains no noisy module to anneal" + hint)
         self.schedule = schedule
         self.last_step = int(last_step)
+        if self.last_step == 0:
+            self.last_step = self._resume_from_model()
         self._apply()
+
+    def _resume_from_model(self) -> int:
+        """The step to start at when none is given: 0 for a model as built; for a model whose
+        c was set since (a checkpoint of an annealed run loaded into it), the first step at
+        which the schedule gives that c, with a warning; 0 with a warning if there is none."""
+        cs = {float(m.c) for m in self.modules if hasattr(m, "c")}  # type: ignore[arg-type]
+        built = {getattr(m, "_c_built", None) for m in self.modules}
+        if len(cs) != 1 or cs == built:
+            return 0
+        c = cs.pop()
+        if math.isclose(c, self.schedule(0), rel_tol=1e-9, abs_tol=1e-12):
+            return 0
+        step = _first_step_at(self.schedule, c)
+        how = ("restore the annealer's state_dict (saved beside the model) or pass last_step= "
+               "for the exact step")
+        if step is None:
+            warnings.warn(f"NoiseAnnealer: the model's c = {c:.6g} is not a value of this "
+                          f"schedule (c = {self.schedule(0):.6g} at step 0): it was set by "
+                          f"something else; starting the schedule at step 0 ({how})",
+                          stacklevel=3)
+            return 0
+        warnings.warn(f"NoiseAnnealer: the model's c = {c:.6g} was set since it was built "
+                      f"(a checkpoint of an annealed run?): resuming the schedule at step "
+                      f"{step}, the first step with that c ({how})", stacklevel=3)
+        return step
 
     @property
     def c(self) -> float:

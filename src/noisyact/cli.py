@@ -18,14 +18,17 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command")
     sub.add_parser("list", help="list the experiments and their presets")
     run = sub.add_parser("run", help="run an experiment (default: unique-count, quick)")
-    run.add_argument("experiment", nargs="?", default=experiments.DEFAULT)
+    run.add_argument("experiment", nargs="?", default=experiments.DEFAULT,
+                     help=f"one of {', '.join(experiments.names())} (default "
+                          f"{experiments.DEFAULT}; `noisyact list` describes them)")
     run.add_argument("--preset", default="quick",
                      help="smoke | quick | paper (some experiments have more, see `list`)")
     run.add_argument("--seeds", type=int, default=None, help="number of seeds (preset default)")
     run.add_argument("--first-seed", type=int, default=0, metavar="K",
                      help="run seeds K, K+1, ... (default 0): a replication with fresh seeds")
     run.add_argument("--out", default=None, help="output folder (default runs/EXP-PRESET)")
-    run.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    run.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                     help="where to train (default cpu; under torchrun each rank takes its GPU)")
     run.add_argument("--resume", action="store_true",
                      help="keep finished runs and continue interrupted ones")
     run.add_argument("--overwrite", action="store_true",
@@ -62,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             print("usage: noisyact {list,run,report} ...  (noisyact run: the default experiment)")
         for name in experiments.names():
-            exp = experiments.get(name)
-            print(f"{name:22s} presets: {', '.join(exp.presets)}; rows: {', '.join(exp.rows)}")
+            _describe(experiments.get(name))
         return 0
     main_thread = threading.current_thread() is threading.main_thread()
     # SIGTERM stops as Ctrl-C does (a handler can only be set from the main thread)
@@ -116,6 +118,21 @@ class Interrupted(KeyboardInterrupt):
 
 def _interrupt(signum: int, frame: object) -> None:
     raise Interrupted(signum)
+
+
+def _describe(exp: experiments.Experiment, width: int = 100) -> None:
+    """An experiment for `noisyact list`: its name and paper reference, the first sentence of
+    its description, its presets and rows (wrapped; long row lists shortened)."""
+    import textwrap
+
+    what = exp.description.split(": ", 1)[-1].split(". ")[0].rstrip(".")
+    print(f"{exp.name} ({exp.paper_table})" if exp.paper_table else exp.name)
+    rows = list(exp.rows)
+    shown = ", ".join(rows) if len(rows) <= 12 else (
+        ", ".join(rows[:10]) + f", ... ({len(rows)} rows; `rows=` picks some)")
+    for label, text in (("", what), ("presets: ", ", ".join(exp.presets)), ("rows: ", shown)):
+        print(textwrap.fill(label + text, width, initial_indent="  ",
+                            subsequent_indent="    "))
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,11 +18,14 @@ from .modules import (
     LazyNoisyHardTanh,
     LazyNoisySigmoid,
     LazyNoisyTanh,
+    LazyNoisyTorchHardsigmoid,
     NoisyActivation,
     NoisyHardSigmoid,
+    NoisyHardswish,
     NoisyHardTanh,
     NoisySigmoid,
     NoisyTanh,
+    NoisyTorchHardsigmoid,
 )
 
 __all__ = ["NoisifyReport", "noise_parameters", "noisify", "param_groups", "register_converter"]
@@ -53,6 +59,16 @@ def _hardtanh(m: nn.Module, variant: str, kw: dict[str, Any]) -> nn.Module:
     return _tanh(m, variant, kw)
 
 
+def _torch_hardsigmoid(m: nn.Module, variant: str, kw: dict[str, Any]) -> nn.Module:
+    """nn.Hardsigmoid keeps torch's function (slope 1/6), as a generic saturating unit."""
+    return _activation(NoisyTorchHardsigmoid, LazyNoisyTorchHardsigmoid, variant, kw)
+
+
+def _hardswish(m: nn.Module, variant: str, kw: dict[str, Any]) -> nn.Module:
+    """nn.Hardswish = x · hardsigmoid(x): the gate becomes noisy (torch's slope 1/6)."""
+    return NoisyHardswish(gate=_torch_hardsigmoid(m, variant, kw))
+
+
 def _elman(m: nn.Module, variant: str, kw: dict[str, Any]) -> nn.Module:
     raise _Skip(f"{type(m).__name__} (Elman RNN) has no noisy counterpart: its nonlinearity runs "
                 "inside torch's RNN kernel; use nn.LSTM/nn.GRU or a loop over noisy modules")
@@ -83,6 +99,8 @@ _CONVERTERS: dict[type[nn.Module], Converter] = {
     nn.Tanh: _tanh,
     nn.Sigmoid: _sigmoid,
     nn.Hardtanh: _hardtanh,
+    nn.Hardsigmoid: _torch_hardsigmoid,
+    nn.Hardswish: _hardswish,
     nn.LSTM: _recurrent,
     nn.GRU: _recurrent,
     nn.LSTMCell: _recurrent,
@@ -96,8 +114,44 @@ _FUNCTIONAL: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoi
 
 
 def register_converter(cls: type[nn.Module], converter: Converter) -> None:
-    """Teach :func:`noisify` to replace modules of type ``cls`` (exact type match)."""
+    """Teach :func:`noisify` to replace modules of type ``cls`` (and of its subclasses that keep
+    its ``forward``)."""
     _CONVERTERS[cls] = converter
+
+
+def _converter_for(m: nn.Module, soft: bool) -> tuple[Converter | None, str | None]:
+    """(converter, None) for a module noisify replaces, (None, reason) for a subclass of a
+    convertible class with its own ``forward`` (reported as skipped), (None, None) otherwise."""
+    table: dict[type[nn.Module], Any] = {**_CONVERTERS, **(_SOFT if soft else {})}
+    cls = type(m)
+    if cls in table:
+        return table[cls], None
+    for base in cls.__mro__[1:]:
+        if base in table:
+            if cls.forward is base.forward:  # a subclass that only adds to the parent
+                return table[base], None
+            return None, (f"{cls.__name__} subclasses {base.__name__} with its own forward, "
+                          "which a noisy module would not run; convert its parts, or "
+                          "register_converter() for it")
+    return None, None
+
+
+@functools.cache
+def _activation_keywords() -> frozenset[str]:
+    """The keywords of the noisy activations (for the error on a misspelled one)."""
+    return frozenset(k for cls in (NoisyHardTanh, NoisyActivation)
+                     for k in inspect.signature(cls.__init__).parameters
+                     if k not in ("self", "fn", "variant"))
+
+
+def _check_keywords(kwargs: dict[str, Any]) -> None:
+    known = sorted(_activation_keywords() | set(_RNN_KEYS))
+    for key in kwargs:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"noisify got an unknown keyword {key!r}{hint} (it passes on "
+                             f"{', '.join(known)})")
 
 
 @dataclass
@@ -107,11 +161,22 @@ class NoisifyReport:
     model: nn.Module
     replaced: list[tuple[str, str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: with ``trace=True``: the parts traced with torch.fx (``""``: the whole model) and the
+    #: parts that could not be traced, with the reason (their functional calls stay as they are)
+    traced: list[str] = field(default_factory=list)
+    untraced: list[tuple[str, str]] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"noisify: replaced {len(self.replaced)} module(s)"]
         lines += [f"  {name or '<root>'}: {old} -> {new}" for name, old, new in self.replaced]
         lines += [f"  skipped {name}: {why}" for name, why in self.skipped]
+        lines += [f"  traced {name or '<root>'}" for name in self.traced]
+        lines += [f"  not traced {name or '<root>'}: {why}" for name, why in self.untraced]
+        if not self.replaced and not self.skipped:
+            lines.append("  (nothing to convert: noisify replaces nn.Tanh, nn.Sigmoid, "
+                         "nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.LSTM, nn.GRU and their "
+                         "cells; functional calls with trace=True; register_converter() for "
+                         "other modules)")
         return "\n".join(lines)
 
 
@@ -133,29 +198,48 @@ def _factory(m: nn.Module, ancestors: list[nn.Module]) -> dict[str, Any]:
     return {}
 
 
-def noisify(model: nn.Module, variant: str = "NAH", *, soft: bool = False,
-            per_feature: bool = False, trace: bool = False, **kwargs: Any) -> NoisifyReport:
-    """Replace ``nn.Tanh``, ``nn.Sigmoid``, ``nn.Hardtanh`` and ``nn.LSTM``/``nn.GRU`` by noisy ones.
+_NOISY = (NoisyActivation, NoisyHardswish, rnn.NoisyLSTM, rnn.NoisyGRU, rnn.NoisyLSTMCell,
+          rnn.NoisyGRUCell)
 
-    The model is changed in place (weights of converted recurrent layers are kept); if ``model``
-    itself is converted, the new root is ``report.model``. New modules get the device and dtype
-    of the module they replace (of its nearest parent with parameters or buffers, for a module
-    without any), unless ``device``/``dtype`` are given. ``nn.RNN``/``nn.RNNCell`` have no noisy
-    counterpart and are listed in ``report.skipped``.
+
+def noisify(model: nn.Module, variant: str = "NAH", *, soft: bool = False,
+            keep_function: bool = False, per_feature: bool = False, trace: bool = False,
+            **kwargs: Any) -> NoisifyReport:
+    """Replace saturating activations and recurrent layers of ``model`` by noisy ones.
+
+    Converted: ``nn.Tanh``, ``nn.Sigmoid``, ``nn.Hardtanh`` (to the paper's hard units),
+    ``nn.Hardsigmoid`` and ``nn.Hardswish`` (torch's own hard-sigmoid, slope 1/6, as a generic
+    saturating unit: :class:`NoisyTorchHardsigmoid`, :class:`NoisyHardswish`),
+    ``nn.LSTM``/``nn.GRU`` and their cells (weights kept), and subclasses of these that keep
+    their parent's ``forward`` (e.g. a library's ``class LSTM(nn.LSTM)`` that only adds
+    arguments). A subclass with its own ``forward`` and ``nn.RNN`` are listed in
+    ``report.skipped`` with the reason.
+
+    The conversion is all or nothing: if it fails (a bad keyword, a converter's error), the model
+    is left exactly as it was. Otherwise it is changed in place; if ``model`` itself is
+    converted, the new root is ``report.model``. New modules get the device and dtype of the
+    module they replace (of its nearest parent with parameters or buffers, for a module without
+    any), unless ``device``/``dtype`` are given.
 
     Activations called as functions inside ``forward`` (``torch.tanh(x)``, ``torch.sigmoid``,
     ``F.tanh``, ``F.sigmoid``, ``x.tanh()``, ``x.sigmoid()``) are not modules and are only
-    converted with ``trace=True``: the model is then traced with :mod:`torch.fx` (noisy modules
-    and recurrent layers are kept as leaves) and each such call becomes a call of a new noisy
-    module, registered in the returned :class:`torch.fx.GraphModule` (``report.model``) under the
-    name listed in ``report.replaced``. Tracing needs a ``forward`` without data-dependent
-    Python control flow; in-place calls (``x.tanh_()``) are not converted.
+    converted with ``trace=True``: the model is traced with :mod:`torch.fx` (noisy modules and
+    recurrent layers are kept as leaves) and each such call becomes a call of a new noisy module.
+    Where the whole model cannot be traced (data-dependent control flow, as in most
+    transformers), its largest submodules that can are traced instead; a traced part that holds
+    such calls is replaced by its :class:`torch.fx.GraphModule`. ``report.traced`` and
+    ``report.untraced`` (with the reason) say which parts were which.
 
     Args:
         model: the model.
         variant: the paper's variant for every new unit.
         soft: keep the soft shapes (:class:`NoisyTanh`, :class:`NoisySigmoid`) instead of the
             hard ones.
+        keep_function: keep the function of a pretrained model: soft shapes for tanh/sigmoid,
+            torch's hard-sigmoid for ``nn.Hardsigmoid``/``nn.Hardswish``, and α = 1 (unless
+            ``alpha`` is given), so that in eval a NAN model computes what the original did
+            (NAH adds the mean of its half-normal noise, Eq. 13). Recurrent layers, whose noisy
+            units are hard, are skipped with that reason.
         per_feature: give each new activation one p per feature along ``dim`` (keyword, default
             1 as ``nn.PReLU``; ``dim=-1`` for (batch, time, features)) instead of one scalar p.
             The size is taken from the first input (lazy modules, as ``nn.LazyLinear``): run
@@ -163,7 +247,8 @@ def noisify(model: nn.Module, variant: str = "NAH", *, soft: bool = False,
             per unit.
         trace: also convert functional calls, by tracing with :mod:`torch.fx` (see above).
         **kwargs: passed to each new module (``alpha``, ``c``, ``clip_output``, ...; recurrent
-            layers take their own keywords, see :class:`noisyact.NoisyLSTM`).
+            layers take their own keywords, see :class:`noisyact.NoisyLSTM`). An unknown
+            keyword is a ``ValueError`` that names it.
 
     Returns:
         A :class:`NoisifyReport`; ``print(report)`` lists what was replaced.
@@ -176,23 +261,36 @@ def noisify(model: nn.Module, variant: str = "NAH", *, soft: bool = False,
           1: Tanh -> NoisyHardTanh
           3: Sigmoid -> NoisyHardSigmoid
     """
-    report = NoisifyReport(model)
+    _check_keywords(kwargs)
     if per_feature and "num_parameters" in kwargs:
         raise ValueError("per_feature=True sizes p from the first input; do not also give "
                          "num_parameters")
+    if keep_function:
+        soft = True
+        kwargs = {"alpha": 1.0, **kwargs}
+    report = NoisifyReport(model)
+    undo: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, name, old child), in order
 
     def convert(m: nn.Module, name: str, ancestors: list[nn.Module]) -> nn.Module | None:
-        if isinstance(m, NoisyActivation | rnn.NoisyLSTM | rnn.NoisyGRU | rnn.NoisyLSTMCell
-                      | rnn.NoisyGRUCell):
+        if isinstance(m, _NOISY):
             return None
-        if type(m) not in _CONVERTERS and not (soft and type(m) in _SOFT):
+        conv, why_not = _converter_for(m, soft)
+        if conv is None:
+            if why_not:
+                report.skipped.append((name, why_not))
+            return None
+        if keep_function and conv is _recurrent:
+            report.skipped.append((name, f"{type(m).__name__}: keep_function keeps the model's "
+                                   "function, and the units of a noisy recurrent layer are hard"))
             return None
         kw = {**_factory(m, ancestors), **kwargs}
-        if soft and type(m) in _SOFT:
-            new: nn.Module = _SOFT[type(m)][per_feature](variant, **kw)
+        if conv is not _recurrent:  # the recurrent layers' own keywords are not for activations
+            kw = {k: v for k, v in kw.items() if k in _activation_keywords()}
+        if conv in _SOFT.values():
+            new: nn.Module = conv[per_feature](variant, **kw)
         else:
-            conv = _CONVERTERS[type(m)]
-            if per_feature and conv in (_tanh, _sigmoid, _hardtanh):
+            if per_feature and conv in (_tanh, _sigmoid, _hardtanh, _torch_hardsigmoid,
+                                        _hardswish):
                 kw[_PER_FEATURE] = True
             try:
                 new = conv(m, variant, kw)
@@ -209,17 +307,23 @@ def noisify(model: nn.Module, variant: str = "NAH", *, soft: bool = False,
             if new is None:
                 walk(child, full, [*ancestors, parent])
             else:
+                undo.append((parent, child_name, child))
                 setattr(parent, child_name, new)
                 report.replaced.append((full, type(child).__name__, type(new).__name__))
 
-    root = convert(model, "", [])
-    if root is not None:
-        report.replaced.append(("", type(model).__name__, type(root).__name__))
-        report.model = root
-    else:
-        walk(model, "", [])
-    if trace:
-        _convert_functional(report, lambda m, name, anc: convert(m, name, anc))
+    try:
+        root = convert(model, "", [])
+        if root is not None:
+            report.replaced.append(("", type(model).__name__, type(root).__name__))
+            report.model = root
+        else:
+            walk(model, "", [])
+        if trace:
+            _trace_and_convert(report, convert, undo)
+    except BaseException:
+        for parent, child_name, old in reversed(undo):  # all or nothing
+            setattr(parent, child_name, old)
+        raise
     return report
 
 
@@ -227,8 +331,7 @@ class _LeafTracer(torch.fx.Tracer):
     """Keeps noisy modules and recurrent layers as leaves (their forward is not traceable)."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, NoisyActivation | rnn.NoisyLSTM | rnn.NoisyGRU | rnn.NoisyLSTMCell
-                      | rnn.NoisyGRUCell):
+        if isinstance(m, _NOISY):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -250,15 +353,60 @@ def _functional_kind(node: torch.fx.Node) -> str | None:
     return label
 
 
-def _convert_functional(report: NoisifyReport,
-                        convert: Callable[[nn.Module, str, list[nn.Module]], nn.Module | None],
-                        ) -> None:
-    """Trace ``report.model`` with torch.fx and turn functional tanh/sigmoid calls into noisy
-    modules (see :func:`noisify`)."""
-    model = report.model
-    tracer = _LeafTracer()
-    graph = tracer.trace(model)
-    gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+def _why(exc: BaseException) -> str:
+    """The first line of a tracing error, short enough for a report line."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _trace_and_convert(report: NoisifyReport,
+                       convert: Callable[[nn.Module, str, list[nn.Module]], nn.Module | None],
+                       undo: list[tuple[nn.Module, str, nn.Module]]) -> None:
+    """Convert functional tanh/sigmoid calls (see :func:`noisify`): trace the model, or where
+    it cannot be traced the largest submodules that can."""
+    root = report.model
+
+    def visit(m: nn.Module, path: str, ancestors: list[nn.Module],
+              parent: nn.Module | None) -> None:
+        tracer = _LeafTracer()
+        children = [(n, c) for n, c in m.named_children() if not isinstance(c, _NOISY)]
+
+        def visit_children() -> None:
+            for name, child in children:
+                visit(child, f"{path}.{name}" if path else name, [*ancestors, m], m)
+
+        if isinstance(m, nn.ModuleList | nn.ModuleDict):
+            return visit_children()  # containers: no forward of their own
+        if parent is not None and tracer.is_leaf_module(m, path) and not children:
+            return  # torch's own modules (nn.Linear, ...): no forward code of the model's own
+        try:
+            graph = tracer.trace(m)
+        except Exception as exc:  # torch.fx's errors are of every type
+            report.untraced.append((path, _why(exc)))
+            return visit_children()
+        report.traced.append(path)
+        gm = _convert_graph(m, tracer, graph, path, ancestors, convert, report)
+        if gm is None:
+            return
+        if parent is None:
+            report.model = gm
+        else:
+            name = path.rsplit(".", 1)[-1]
+            undo.append((parent, name, m))
+            setattr(parent, name, gm)
+
+    # an untraced part's own forward keeps its functional calls; its children were tried apart
+    visit(root, "", [], None)
+
+
+def _convert_graph(m: nn.Module, tracer: torch.fx.Tracer, graph: torch.fx.Graph, path: str,
+                   ancestors: list[nn.Module],
+                   convert: Callable[[nn.Module, str, list[nn.Module]], nn.Module | None],
+                   report: NoisifyReport) -> torch.fx.GraphModule | None:
+    """The traced ``m`` with its functional tanh/sigmoid calls as noisy modules, or None if it
+    has none."""
+    gm = torch.fx.GraphModule(tracer.root, graph, type(m).__name__)
     count = 0
     for node in list(graph.nodes):
         label = _functional_kind(node)
@@ -266,28 +414,31 @@ def _convert_functional(report: NoisifyReport,
             continue
         stack = node.meta.get("nn_module_stack") or {}
         owner_path = next(reversed(stack.values()))[0] if stack else ""
-        owner = model.get_submodule(owner_path) if owner_path else model
-        ancestors = [model] if owner is model else [model, owner]
+        owner = m.get_submodule(owner_path) if owner_path else m
+        chain = [*ancestors, m] if owner is m else [*ancestors, m, owner]
         name = f"noisy_{node.name}"
         while hasattr(gm, name):
             name += "_"
-        new = convert(_FUNCTIONAL[label.split(".")[1]](), name, ancestors)
+        full = f"{path}.{name}" if path else name
+        new = convert(_FUNCTIONAL[label.split(".")[1]](), full, chain)
         if new is None:
             continue
-        new.train(model.training)
+        new.train(m.training)
         gm.add_submodule(name, new)
         with graph.inserting_before(node):
             call = graph.call_module(name, node.args)
         node.replace_all_uses_with(call)
         graph.erase_node(node)
-        where = f" in {owner_path}" if owner_path else ""
-        report.replaced.append((name, label + where, type(new).__name__))
+        inner = ".".join(x for x in (path, owner_path) if x)
+        where = f" in {inner}" if inner else ""
+        report.replaced.append((full, label + where, type(new).__name__))
         count += 1
-    if count:
-        graph.lint()
-        gm.recompile()
-        gm.train(model.training)
-        report.model = gm
+    if not count:
+        return None
+    graph.lint()
+    gm.recompile()
+    gm.train(m.training)
+    return gm
 
 
 def noise_parameters(model: nn.Module) -> Iterator[nn.Parameter]:

@@ -68,6 +68,7 @@ __all__ = [
     "enabled_for",
     "first_order_backward",
     "fused_mode",
+    "in_functorch_transform",
     "kernel_noise",
     "noisy_unit",
     "run_kernel",
@@ -101,11 +102,21 @@ def first_order_backward(backward):  # type: ignore[no-untyped-def]
     return wrapped
 
 
+def in_functorch_transform() -> bool:
+    """Whether a ``torch.func`` transform (vmap, grad, jacrev, ...) is running: the fused
+    Functions do not support them, so the reference path runs instead. Read through a private
+    ATen flag where it exists (torch 2.x); without it, the transform fails with torch's error."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else False
+
+
 def enabled_for(x: Tensor, c: object) -> bool:
     """Whether the fused path handles this call (else the reference path does)."""
     if fused_mode() == "off" or x.numel() == 0:
         return False
     if torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing():
+        return False
+    if in_functorch_transform():
         return False
     return not (isinstance(c, Tensor) and c.requires_grad)
 

@@ -15,7 +15,7 @@ from torch.nn.parameter import UninitializedParameter
 from . import functional as F
 from ._validation import check_c, check_hyperparameters
 from .fused import compute_dtype
-from .saturating import HARD_SIGMOID, HARD_TANH, SIGMOID, TANH, Saturating
+from .saturating import HARD_SIGMOID, HARD_TANH, SIGMOID, TANH, TORCH_HARDSIGMOID, Saturating
 from .variants import get_variant
 
 __all__ = [
@@ -24,11 +24,14 @@ __all__ = [
     "LazyNoisyHardTanh",
     "LazyNoisySigmoid",
     "LazyNoisyTanh",
+    "LazyNoisyTorchHardsigmoid",
     "NoisyActivation",
     "NoisyHardSigmoid",
     "NoisyHardTanh",
+    "NoisyHardswish",
     "NoisySigmoid",
     "NoisyTanh",
+    "NoisyTorchHardsigmoid",
 ]
 
 
@@ -125,9 +128,10 @@ class NoisyActivation(nn.Module):
         v = get_variant(variant)
         self.variant = v.name
         self._output_noise, self._half_normal = v.output_noise, v.half_normal
-        self.alpha = float(F.default_alpha(self.fn) if alpha is None else alpha)
+        alpha = F.default_alpha(self.fn) if alpha is None else alpha
         c = v.default_c if c is None else c
-        check_hyperparameters(alpha=self.alpha, c=c)
+        check_hyperparameters(alpha=alpha, c=c)  # a number, not "1.15"
+        self.alpha = float(alpha)
         if not isinstance(num_parameters, int) or num_parameters < 1:
             raise ValueError(f"num_parameters must be a positive int, got {num_parameters!r}")
         if v.needs_threshold and self.fn.threshold is None:
@@ -145,6 +149,7 @@ class NoisyActivation(nn.Module):
         self.generator = generator
         self.recompute_noise = recompute_noise
         self.register_buffer("c", torch.tensor(float(c), dtype=torch.float64, device=device))
+        self._c_built = float(c)  # (not saved) a c loaded or annealed since differs from it
         if v.learned_p:
             self.p: nn.Parameter | None = nn.Parameter(
                 torch.empty(num_parameters, device=device, dtype=dtype)
@@ -175,6 +180,10 @@ class NoisyActivation(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
+            if torch.jit.is_scripting():
+                raise RuntimeError("noisyact: a TorchScript noisy module runs in eval mode only "
+                                   "(the noise is drawn outside TorchScript): call .eval() on "
+                                   "the module before torch.jit.script, or use torch.compile")
             return self._noisy(x)
         return self._expectation(x)
 
@@ -304,6 +313,45 @@ class NoisySigmoid(NoisyActivation):
         super().__init__(None, variant, **kwargs)  # type: ignore[arg-type]
 
 
+class NoisyTorchHardsigmoid(NoisyActivation):
+    """Noisy version of torch's hard-sigmoid (``nn.Hardsigmoid``): h(x) = clip(x/6 + 1/2, 0, 1),
+    u(x) = x/6 + 1/2, threshold |x_t| = 3 (:data:`~noisyact.saturating.TORCH_HARDSIGMOID`).
+
+    Not the paper's hard-sigmoid (slope 1/4, :class:`NoisyHardSigmoid`): this keeps the function
+    of a model built with ``nn.Hardsigmoid`` (MobileNetV3's squeeze-excitation gates). α
+    defaults to 1. Arguments as :class:`NoisyActivation` without ``fn``.
+    """
+
+    fn = TORCH_HARDSIGMOID
+
+    def __init__(self, variant: str = "NAH", **kwargs: object) -> None:
+        super().__init__(None, variant, **kwargs)  # type: ignore[arg-type]
+
+
+class NoisyHardswish(nn.Module):
+    """``nn.Hardswish`` with a noisy gate: x · φ(x), φ a :class:`NoisyTorchHardsigmoid`
+    (``gate``), since hardswish(x) = x · hardsigmoid(x). Arguments as
+    :class:`NoisyTorchHardsigmoid`.
+
+    Shape: any; output of the shape of the input.
+
+    Example::
+
+        >>> act = NoisyHardswish("NAN", alpha=1.0).eval()  # eval: hardswish, up to rounding
+        >>> x = torch.randn(4)
+        >>> bool(torch.allclose(act(x), nn.functional.hardswish(x)))
+        True
+    """
+
+    def __init__(self, variant: str = "NAH", *, gate: NoisyActivation | None = None,
+                 **kwargs: object) -> None:
+        super().__init__()
+        self.gate = gate if gate is not None else NoisyTorchHardsigmoid(variant, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gate(x)
+
+
 class _LazyNoisy(LazyModuleMixin):
     """One p per feature along ``dim``, sized from the first input (as ``nn.LazyLinear``)."""
 
@@ -365,6 +413,13 @@ class LazyNoisyTanh(_LazyNoisy, NoisyTanh):
     (see :class:`LazyNoisyHardTanh`)."""
 
     cls_to_become = NoisyTanh
+
+
+class LazyNoisyTorchHardsigmoid(_LazyNoisy, NoisyTorchHardsigmoid):
+    """:class:`NoisyTorchHardsigmoid` with one p per feature, sized on the first forward
+    (see :class:`LazyNoisyHardTanh`)."""
+
+    cls_to_become = NoisyTorchHardsigmoid
 
 
 class LazyNoisySigmoid(_LazyNoisy, NoisySigmoid):

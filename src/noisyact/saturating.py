@@ -22,6 +22,7 @@ __all__ = [
     "HARD_TANH",
     "SIGMOID",
     "TANH",
+    "TORCH_HARDSIGMOID",
     "Saturating",
     "hard_sigmoid",
     "hard_tanh",
@@ -82,3 +83,11 @@ HARD_SIGMOID = Saturating(
 )
 TANH = Saturating("tanh", torch.tanh, _identity, bounds=(-1.0, 1.0))
 SIGMOID = Saturating("sigmoid", torch.sigmoid, linear_sigmoid, bounds=(0.0, 1.0))
+
+#: torch's own hard-sigmoid (``nn.Hardsigmoid``: clip(x/6 + 1/2, 0, 1), saturating at |x| >= 3),
+#: as a generic saturating unit; not the paper's (slope 1/4). ``noisify`` converts
+#: ``nn.Hardsigmoid``/``nn.Hardswish`` to it, keeping the function of the model.
+TORCH_HARDSIGMOID = Saturating(
+    "torch_hardsigmoid", torch.nn.functional.hardsigmoid, lambda x: x / 6.0 + 0.5, threshold=3.0,
+    affine=(0.5, 0.5, 1.0 / 3.0), bounds=(0.0, 1.0),
+)

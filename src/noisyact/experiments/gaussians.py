@@ -128,11 +128,13 @@ class Gaussians(Experiment):
             fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.4), sharey=True)
             for k, (ax, (x, y)) in enumerate(zip(axes, curves, strict=True)):
                 for i in range(x.shape[1]):
-                    ax.scatter(x[:, i], y[:, i], s=2, alpha=0.5)
+                    ax.scatter(x[:, i], y[:, i], s=2, alpha=0.5, label=f"unit {i + 1}")
                 ax.set_title(f"layer {k + 1}")
                 ax.set_xlabel("x")
                 ax.grid(alpha=0.3)
             axes[0].set_ylabel("∂φ/∂x" if derivative else "φ(x, ξ)")
+            axes[-1].legend(fontsize=7, markerscale=4, loc="center left",
+                            bbox_to_anchor=(1.0, 0.5), title="unit (p of its own)")
             what = "derivatives (normal noise)" if derivative else "activations (half-normal)"
             fig.suptitle(f"Fig. {fig_no} analogue: learned per-unit {what}, α = {cfg.alpha}")
             fig.tight_layout()

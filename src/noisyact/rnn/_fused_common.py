@@ -18,7 +18,15 @@ from torch import Tensor, nn
 
 from ..compiler import fused_mode, run_kernel
 from ..functional import HALF_NORMAL_MEAN
-from ..fused import NOISELESS, UnitKind, UnitTensors, compute_dtype, constants, unit_kind
+from ..fused import (
+    NOISELESS,
+    UnitKind,
+    UnitTensors,
+    compute_dtype,
+    constants,
+    in_functorch_transform,
+    unit_kind,
+)
 from ..modules import HardSigmoid, NoisyHardSigmoid, NoisyHardTanh
 from ..noise import draw_keys, noise_block, uses_counter_noise
 from ..saturating import HARD_SIGMOID, HARD_TANH
@@ -59,8 +67,11 @@ def unit_spec(m: nn.Module, n: int, like: Tensor) -> UnitSpec | None:
 
 def unit_specs(units: list[tuple[nn.Module, int]], like: Tensor) -> list[UnitSpec] | None:
     """The specs of a layer's units (module, features) if the fused path runs it, else None."""
-    if fused_mode() == "off" or torch.compiler.is_compiling():
-        return None
+    if (fused_mode() == "off" or torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or in_functorch_transform()):
+        return None  # a trace (jit.trace, legacy ONNX export) records the reference ops
+    if any(m._forward_hooks or m._forward_pre_hooks for m, _ in units):
+        return None  # a unit with hooks (noisyact.monitor, a user's) runs through its module
     specs = [unit_spec(m, n, like) for m, n in units]
     return None if any(s is None for s in specs) else specs  # type: ignore[return-value]
 

@@ -179,6 +179,28 @@ class _NoisyRNNBase(nn.Module):
     def flatten_parameters(self) -> None:
         """No-op, for drop-in compatibility with ``nn.LSTM``/``nn.GRU``."""
 
+    @property
+    def _flat_weights_names(self) -> list[str]:
+        """The weight names in ``nn.LSTM``/``nn.GRU``'s order (code that reads them works)."""
+        kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if self.bias else (
+            "weight_ih", "weight_hh")
+        return [f"{k}_l{layer}{sfx}" for layer in range(self.num_layers)
+                for sfx in self._suffixes() for k in kinds]
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        """The weights of :attr:`_flat_weights_names`, read as attributes (parametrized ones
+        included)."""
+        return [getattr(self, n) for n in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        """Per layer and direction, ``[weight_ih, weight_hh, bias_ih, bias_hh]``, as
+        ``nn.LSTM.all_weights``."""
+        per = 4 if self.bias else 2
+        flat = self._flat_weights
+        return [flat[i: i + per] for i in range(0, len(flat), per)]
+
     def torch_state_dict(self) -> dict[str, Tensor]:
         """The state dict without the noise parameters: loads into ``nn.LSTM``/``nn.GRU``."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("noise_l")}
@@ -199,7 +221,9 @@ class _NoisyRNNBase(nn.Module):
 
     def _layer_weights(self, layer: int, sfx: str) -> tuple[Tensor, Tensor, Tensor | None,
                                                             Tensor | None]:
-        g = self.__getattr__
+        def g(name: str) -> Tensor:  # normal attribute access: parametrizations apply
+            return getattr(self, name)
+
         b_ih = g(f"bias_ih_l{layer}{sfx}") if self.bias else None
         b_hh = g(f"bias_hh_l{layer}{sfx}") if self.bias else None
         return g(f"weight_ih_l{layer}{sfx}"), g(f"weight_hh_l{layer}{sfx}"), b_ih, b_hh
@@ -353,6 +377,9 @@ class NoisyLSTM(_NoisyRNNBase):
 
     def forward(self, input: Tensor | PackedSequence,
                 hx: tuple[Tensor, Tensor] | None = None):
+        if hx is not None and not (isinstance(hx, tuple | list) and len(hx) == 2):
+            got = "a Tensor" if isinstance(hx, Tensor) else type(hx).__name__
+            raise ValueError(f"hx of an LSTM must be a tuple (h_0, c_0), as for nn.LSTM, got {got}")
         states = [None, None] if hx is None else list(hx)
         out, (h_n, c_n) = self._run(input, states)
         return out, (h_n, c_n)

@@ -32,13 +32,14 @@ class RowResult:
 
 
 def mean_std(values: Sequence[float]) -> str:
-    """'m ± s (n)' with the sample standard deviation; '—' when empty."""
+    """'m ± s' with the sample standard deviation; 'm' for one value; '—' when empty."""
     if not values:
         return "—"
     m = statistics.fmean(values)
-    s = statistics.stdev(values) if len(values) > 1 else 0.0
     digits = 2 if abs(m) < 1000 else 0
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
+    if len(values) == 1:  # one seed: no spread to show
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def read_json(path: Path) -> Any:
@@ -102,7 +103,11 @@ def results_table(results: Sequence[RowResult], columns: Sequence[tuple[str, str
         failed = sum(1 for f in rr.finals if f.get("failed"))
         cells = [rr.row, f"{len(rr.finals)} ({failed} failed)" if failed else str(len(rr.finals))]
         for key, _ in columns:
-            cells += [mean_std(rr.values(key)), paper.get(rr.row, {}).get(key, "—")]
+            vals = rr.values(key)
+            shown = mean_std(vals)
+            if 0 < len(vals) < len(rr.finals):  # some seeds have no value (never reached it)
+                shown += f" (n={len(vals)})"
+            cells += [shown, paper.get(rr.row, {}).get(key, "—")]
         if timed:
             cells.append(mean_std([h * 60 for h in rr.hours()] if in_minutes else rr.hours()))
         lines.append("| " + " | ".join(cells) + " |")
@@ -116,6 +121,7 @@ def plot_curves(results: Sequence[RowResult], key: str, label: str, path: str | 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     drawn = False
@@ -130,7 +136,8 @@ def plot_curves(results: Sequence[RowResult], key: str, label: str, path: str | 
             continue
         steps = sorted(series)
         mean = [statistics.fmean(series[s]) for s in steps]
-        ax.plot(steps, mean, label=f"{rr.row} ({len(rr.curves)} seeds)")
+        n = len(rr.curves)
+        ax.plot(steps, mean, label=f"{rr.row} ({n} seed{'s' if n != 1 else ''})")
         ax.fill_between(steps, [min(series[s]) for s in steps], [max(series[s]) for s in steps],
                         alpha=0.15)
         drawn = True
@@ -138,6 +145,7 @@ def plot_curves(results: Sequence[RowResult], key: str, label: str, path: str | 
         plt.close(fig)
         return None
     ax.set_xlabel("updates")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # whole updates
     ax.set_ylabel(label)
     if logy:
         ax.set_yscale("log")
