@@ -238,6 +238,22 @@ def test_a_budget_of_zero_compiles_at_once_and_infinity_never(compile_mode, monk
     assert recorder.built == [1]
 
 
+def test_a_budget_set_later_applies_to_kernels_already_seen(compile_mode, monkeypatch):
+    """Issue 35: a kernel first run under a large budget (one small model at the start of a
+    script) is compiled once the budget is lowered, also through a fresh lookup."""
+    recorder = _Recorder()
+    monkeypatch.setattr(compiler, "_compile", recorder)
+    monkeypatch.setitem(compiler._state, "compiled", {})
+    noisyact.set_compile_after(1e6)
+    k = compiler.compiled_kernel(torch.neg, (torch.ones(2),))
+    for _ in range(5):
+        k(torch.ones(2))
+    assert recorder.built == []
+    noisyact.set_compile_after(0)
+    compiler.compiled_kernel(torch.neg, (torch.ones(2),))(torch.ones(2))
+    assert recorder.built == [1] and k.compiled  # the same cached kernel, now compiled
+
+
 def test_off_the_cpu_kernels_count_calls_not_time(compile_mode, monkeypatch):
     recorder = _Recorder()
     monkeypatch.setattr(compiler, "_compile", recorder)

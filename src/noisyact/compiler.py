@@ -221,7 +221,6 @@ class _Tiered:
                  on_cpu: bool) -> None:
         self._kernel, self._static, self._inline = kernel, static, inline
         self._cost = 0.0  # eager seconds so far (on the CPU) or calls (elsewhere)
-        self._budget = compile_after() if on_cpu else float(COMPILE_AFTER_CALLS)
         self._on_cpu = on_cpu
         self._compiled: Callable[..., Any] | None = None
 
@@ -233,7 +232,10 @@ class _Tiered:
     def __call__(self, *args: Any) -> Any:
         if self._compiled is not None:
             return self._compiled(*args)
-        if fused_mode() == "compile" and self._cost >= self._budget:
+        # the budget is read at each call: a set_compile_after() after this kernel was first
+        # seen applies to it too
+        budget = compile_after() if self._on_cpu else float(COMPILE_AFTER_CALLS)
+        if fused_mode() == "compile" and self._cost >= budget:
             self._compiled = _compile(self._kernel, args, self._static, self._inline)
             return self._compiled(*args)
         start = time.perf_counter()
