@@ -11,7 +11,6 @@ import torch
 
 from noisyact import cli, experiments
 from noisyact.experiments import unique_count
-from noisyact.experiments.base import parse_overrides
 from noisyact.experiments.config import ExperimentConfig, optional
 from noisyact.training import load_checkpoint, train
 from noisyact.training.checkpoint import CheckpointError, atomic_save
@@ -77,23 +76,23 @@ class _Toy(ExperimentConfig):
 
 def test_overrides():
     cfg = _Toy(lr=0.1)
-    out = parse_overrides(cfg, ["steps=5", "lr=1e-3", "flag=true", "rows=a", "name=y",
+    out = cfg.with_overrides(["steps=5", "lr=1e-3", "flag=true", "rows=a", "name=y",
                                 "limit=3"])
     assert out == replace(cfg, steps=5, lr=1e-3, flag=True, rows=("a",), name="y", limit=3)
     assert out.to_dict()["rows"] == ["a"] and out.to_dict()["limit"] == 3
     assert "limit" not in cfg.to_dict()  # an optional setting left at None is not recorded
-    assert parse_overrides(out, ["limit=none"]).limit is None
-    assert isinstance(parse_overrides(cfg, ["lr=1"]).lr, float)  # typed from the field
+    assert out.with_overrides(["limit=none"]).limit is None
+    assert isinstance(cfg.with_overrides(["lr=1"]).lr, float)  # typed from the field
     with pytest.raises(ValueError, match="unknown setting 'stpes'; known: batch_size, clip"):
-        parse_overrides(cfg, ["stpes=5"])
+        cfg.with_overrides(["stpes=5"])
     with pytest.raises(ValueError, match="steps='many': expected an int"):
-        parse_overrides(cfg, ["steps=many"])
+        cfg.with_overrides(["steps=many"])
     with pytest.raises(ValueError, match="flag='yes': expected a bool"):
-        parse_overrides(cfg, ["flag=yes"])
+        cfg.with_overrides(["flag=yes"])
     with pytest.raises(ValueError, match="not key=value"):
-        parse_overrides(cfg, ["steps"])
+        cfg.with_overrides(["steps"])
     with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
-        parse_overrides(cfg, ["steps=0"])
+        cfg.with_overrides(["steps=0"])
     with pytest.raises(TypeError, match="steps must be an int, got '5'"):
         replace(cfg, steps="5")
 

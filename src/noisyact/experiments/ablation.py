@@ -71,7 +71,7 @@ from ..saturating import HARD_SIGMOID, HARD_TANH
 from ..training.report import collect
 from .ablation_figures import Cells, grid_figures
 from .ablation_units import AblatedOutputNoise, DropoutNoise
-from .base import BaseTask, Claim, ClassificationTask, Experiment, batch_generator, uniform_init_
+from .base import Claim, ClassificationTask, Experiment, Task, batch_generator, uniform_init_
 from .config import StepsConfig
 from .ptb import EXPERIMENT as PTB_EXPERIMENT
 from .ptb import PRESETS as PTB_PRESETS
@@ -253,7 +253,7 @@ TASKS = ("unique-count", "ptb")
 _PTB_QUICK = PTB_PRESETS["quick"].without_monitor()
 
 
-def make_ablation_task(row: str, cfg: AblationConfig, seed: int) -> BaseTask:
+def make_ablation_task(row: str, cfg: AblationConfig, seed: int) -> Task:
     """The task of ``cfg.task`` for one (row, seed)."""
     if cfg.task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}")

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..anneal import InverseSqrt, NoiseAnnealer
-from .base import BaseTask, Claim, Experiment, batch_generator, model_device
+from .base import Claim, Experiment, Task, batch_generator, model_device
 from .config import StepsConfig
 from .ntm import NTM
 
@@ -135,7 +135,7 @@ def masked_nll(logits: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     return (bce * mask).sum() / BITS / y.shape[1]
 
 
-class RecallTask(BaseTask):
+class RecallTask(Task):
     def __init__(self, row: str, cfg: RecallConfig, seed: int) -> None:
         if not 2 <= cfg.min_items <= cfg.max_items:
             raise ValueError(f"need 2 <= min_items <= max_items, got {cfg.min_items} and "

@@ -74,10 +74,9 @@ def detach_state(state: Any) -> Any:
     return None if state is None else tuple(s.detach() for s in state)
 
 
-BaseTask = Task  # the experiments' tasks derive from the training loop's base class
 
 
-class ClassificationTask(BaseTask):
+class ClassificationTask(Task):
     """Cross-entropy training and error % / NLL evaluation on fixed ``eval_sets[split]``."""
 
     eval_sets: dict[str, tuple[Tensor, Tensor]]
@@ -155,12 +154,6 @@ class Experiment:
         """Extra figures (markdown lines) made after all rows finished; ``cfg``: the run's
         config (:meth:`config_of` its recorded settings)."""
         return []
-
-
-def parse_overrides(cfg: C, overrides: Sequence[str]) -> C:
-    """``cfg`` with ``key=value`` strings applied, typed from its fields (rows: comma-separated);
-    see :meth:`~noisyact.experiments.config.ExperimentConfig.with_overrides`."""
-    return cfg.with_overrides(overrides)
 
 
 def report_settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -473,17 +466,16 @@ def write_report(exp: Experiment, out_dir: Path, cfg: dict[str, Any] | None = No
 
 __all__ = [
     "PRESETS",
-    "BaseTask",
     "Claim",
     "ClassificationTask",
     "DistInfo",
     "Experiment",
     "ExperimentConfig",
     "RunError",
+    "Task",
     "batch_generator",
     "check_settings",
     "model_device",
-    "parse_overrides",
     "preflight",
     "rank_slice",
     "report_settings",

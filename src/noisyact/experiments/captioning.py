@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from ..rnn import NoisyLSTMCell
 from . import seq2seq as s2s
 from . import shapes
-from .base import BaseTask, Claim, Experiment, model_device, rank_slice, weights
+from .base import Claim, Experiment, Task, model_device, rank_slice, weights
 from .config import StepsConfig
 from .flickr8k import extract_features, load_flickr8k
 
@@ -211,7 +211,7 @@ class ShowAttendTell(nn.Module):
         return nll, ((1 - total_alpha) ** 2).sum(1)
 
 
-class CaptionTask(s2s.EarlyStopping, BaseTask):
+class CaptionTask(s2s.EarlyStopping, Task):
     _cache: ClassVar[dict[tuple[Any, ...], Any]] = {}
 
     def __init__(self, row: str, cfg: CaptionConfig, seed: int) -> None:

@@ -33,7 +33,7 @@ from ..rnn import NoisyLSTM
 from ..training.distributed import sum_across_ranks
 from ..training.report import collect, plot_curves
 from . import programs
-from .base import BaseTask, Claim, Experiment, detach_state, model_device, rank_slice, uniform_init_
+from .base import Claim, Experiment, Task, detach_state, model_device, rank_slice, uniform_init_
 from .config import ExperimentConfig
 
 # row -> the NoisyLSTM variant of its units; None: torch's nn.LSTM
@@ -117,7 +117,7 @@ def masked_counts(logits: Tensor, y: Tensor) -> tuple[Tensor, int, int]:
     return -(target * mask).sum(), int(correct.sum()), int(mask.sum())
 
 
-class ExecuteTask(BaseTask):
+class ExecuteTask(Task):
     """One (row, seed): the data stream, the adaptive curriculum and its state."""
 
     _test_cache: ClassVar[dict[tuple[Any, ...], tuple[Tensor, Tensor]]] = {}

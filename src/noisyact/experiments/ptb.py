@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from ..rnn import NoisyLSTM
-from .base import BaseTask, Claim, Experiment, detach_state, model_device, rank_slice, uniform_init_
+from .base import Claim, Experiment, Task, detach_state, model_device, rank_slice, uniform_init_
 from .config import ExperimentConfig, optional
 from .textfiles import read_lines
 
@@ -191,7 +191,7 @@ class LanguageModel(nn.Module):
         return self.out(self.drop(h)), state
 
 
-class PTBTask(BaseTask):
+class PTBTask(Task):
     _cache: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, row: str, cfg: PTBConfig, seed: int) -> None:

@@ -42,7 +42,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..rnn import NoisyGRU, NoisyGRUCell
 from . import seq2seq as s2s
-from .base import BaseTask, Claim, Experiment, model_device, rank_slice, weights
+from .base import Claim, Experiment, Task, model_device, rank_slice, weights
 from .config import StepsConfig
 from .textfiles import read_lines
 
@@ -241,7 +241,7 @@ class NMT(nn.Module):
         return nll
 
 
-class TranslationTask(s2s.EarlyStopping, BaseTask):
+class TranslationTask(s2s.EarlyStopping, Task):
     _cache: ClassVar[dict[tuple[Any, ...], Any]] = {}
 
     def __init__(self, row: str, cfg: TranslationConfig, seed: int) -> None:

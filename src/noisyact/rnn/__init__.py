@@ -53,7 +53,5 @@ from .reference import (
     lstm_step,
 )
 
-_UnitConfig = UnitConfig  # the old private name
-
 __all__ = ["KINDS", "GRUActivations", "LSTMActivations", "NoisyGRU", "NoisyGRUCell", "NoisyLSTM",
            "NoisyLSTMCell", "RecurrentUnits", "UnitConfig", "from_torch", "gru_step", "lstm_step"]

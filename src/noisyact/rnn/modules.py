@@ -46,10 +46,6 @@ def _step_mask(mask: Tensor | None, t: int) -> Tensor | None:
     return None if mask is None else mask[t]
 
 
-def _step_mask(mask: Tensor | None, t: int) -> Tensor | None:
-    return None if mask is None else mask[t]
-
-
 def _advance(m: Tensor | None, new: tuple[Tensor, ...],
              old: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor]:
     """The states after a step (kept where a packed sequence has ended) and the step's output."""
@@ -93,7 +89,6 @@ def _compiler_disable_lazily(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 class _NoisyRNNBase(nn.Module):
     _gates: int  # 4 (LSTM) or 3 (GRU)
-    _mode: str
 
     def __init__(
         self,
@@ -373,7 +368,6 @@ class NoisyLSTM(_NoisyRNNBase):
     """
 
     _gates = 4
-    _mode = "LSTM"
 
     def forward(self, input: Tensor | PackedSequence,
                 hx: tuple[Tensor, Tensor] | None = None):
@@ -426,7 +420,6 @@ class NoisyGRU(_NoisyRNNBase):
     """
 
     _gates = 3
-    _mode = "GRU"
 
     def forward(self, input: Tensor | PackedSequence, hx: Tensor | None = None):
         out, (h_n,) = self._run(input, [hx])

@@ -219,7 +219,7 @@ def seeds_needed(a: Sequence[float], b: Sequence[float], level: float = LEVEL,
     return hi
 
 
-def _side_values(claim: Claim, row: str, finals: Sequence[dict[str, Any]]) -> tuple[float, ...]:
+def _side_values(claim: Claim, finals: Sequence[dict[str, Any]]) -> tuple[float, ...]:
     out = []
     for f in finals:
         if f.get("failed"):
@@ -237,8 +237,8 @@ def _side_values(claim: Claim, row: str, finals: Sequence[dict[str, Any]]) -> tu
 def judge(claim: Claim, finals: dict[str, Sequence[dict[str, Any]]],
           level: float = LEVEL) -> Verdict:
     """The verdict on ``claim`` from the ``final.json`` dicts of each row's seeds."""
-    better = Side(claim.better, _side_values(claim, claim.better, finals.get(claim.better, ())))
-    than = Side(claim.than, _side_values(claim, claim.than, finals.get(claim.than, ())))
+    better = Side(claim.better, _side_values(claim, finals.get(claim.better, ())))
+    than = Side(claim.than, _side_values(claim, finals.get(claim.than, ())))
     if not better.values or not than.values:
         return Verdict(claim, better, than, math.nan, math.nan, math.nan, UNDECIDED,
                        "a side has no finished seed")
