@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from .functional import VARIANTS
+from .variants import VARIANTS
 from .modules import NoisyHardSigmoid, NoisyHardTanh, NoisySigmoid, NoisyTanh
 
 __all__ = ["create_act_layer", "get_act_layer", "list_act_layers"]
@@ -27,9 +27,10 @@ _BASE: dict[str, type[nn.Module]] = {
 _LAYERS: dict[str, Callable[..., nn.Module]] = {f"noisy_{k}": v for k, v in _BASE.items()}
 _LAYERS.update({
     f"{variant.lower()}_{k}": functools.partial(cls, variant=variant)
-    for variant in VARIANTS
+    for variant, v in VARIANTS.items()
     for k, cls in _BASE.items()
-    if not (variant == "NANIS" and k in ("tanh", "sigmoid"))
+    # a variant that needs a saturation threshold (NANIS) has no soft member
+    if not (v.needs_threshold and cls.fn.threshold is None)
 })
 
 
