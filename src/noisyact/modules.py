@@ -445,6 +445,9 @@ class HardSigmoid(nn.Module):
     Not ``nn.Hardsigmoid`` (x/6 + 1/2). Used for the "hard, no noise" rows (Table 4).
     """
 
+    fn = HARD_SIGMOID  # what it computes (the fused recurrent layers read it)
+    __jit_ignored_attributes__: ClassVar[list[str]] = ["fn"]
+
     def __init__(self, inplace: bool = False) -> None:
         super().__init__()
         self.inplace = inplace

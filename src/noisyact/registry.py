@@ -13,8 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from .variants import VARIANTS
 from .modules import NoisyHardSigmoid, NoisyHardTanh, NoisySigmoid, NoisyTanh
+from .variants import VARIANTS
 
 __all__ = ["create_act_layer", "get_act_layer", "list_act_layers"]
 

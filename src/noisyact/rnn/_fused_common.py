@@ -27,9 +27,8 @@ from ..fused import (
     in_functorch_transform,
     unit_kind,
 )
-from ..modules import HardSigmoid, NoisyHardSigmoid, NoisyHardTanh
 from ..noise import draw_keys, noise_block, uses_counter_noise
-from ..saturating import HARD_SIGMOID, HARD_TANH
+from ..saturating import HARD_TANH
 
 T = TypeVar("T", bound=tuple[Any, ...])
 
@@ -43,22 +42,26 @@ class UnitSpec(NamedTuple):
 
 
 def unit_spec(m: nn.Module, n: int, like: Tensor) -> UnitSpec | None:
-    """The :class:`UnitSpec` of a unit with ``n`` features that the fused kernels handle
-    (a noisy hard unit, or a hard one without noise), else None."""
+    """The :class:`UnitSpec` of a unit with ``n`` features that the fused kernels handle, else
+    None. Decided from what the unit computes, not from its class: a unit of the variant table
+    (it has a ``variant``) whose h is of the affine hard family h = a + b·clamp(kx)
+    (``fn.affine``), or a hard unit without noise parameters (the paper's hard-sigmoid,
+    ``nn.Hardtanh(-1, 1)``). Any other unit runs its own code in the per-step loop."""
     cdt = compute_dtype(like.dtype)
     dev = like.device
-    if isinstance(m, NoisyHardSigmoid | NoisyHardTanh):
-        assert m.fn.affine is not None
+    affine = getattr(getattr(m, "fn", None), "affine", None)
+    variant = getattr(m, "variant", None)
+    if affine is not None and isinstance(variant, str):
         p = m.p if m.p is not None else torch.zeros(n, dtype=cdt, device=dev)
-        kind = unit_kind(m.variant, m.clip_output)
+        kind = unit_kind(variant, bool(getattr(m, "clip_output", False)))
         v = kind.variant
-        return UnitSpec(UnitTensors(p, m.c.to(cdt), constants(m.alpha, *m.fn.affine, cdt, dev)),
+        return UnitSpec(UnitTensors(p, m.c.to(cdt), constants(m.alpha, *affine, cdt, dev)),
                         kind, HALF_NORMAL_MEAN if v.output_noise and v.half_normal else 0.0)
-    if isinstance(m, HardSigmoid) or (
-        type(m) is nn.Hardtanh and (m.min_val, m.max_val) == (-1.0, 1.0)
-    ):
-        affine = HARD_SIGMOID.affine if isinstance(m, HardSigmoid) else HARD_TANH.affine
-        assert affine is not None
+    if hasattr(m, "p") or hasattr(m, "c"):
+        return None  # noise parameters, but not a unit of the variant table: its own code
+    if affine is None and type(m) is nn.Hardtanh and (m.min_val, m.max_val) == (-1.0, 1.0):
+        affine = HARD_TANH.affine
+    if affine is not None:  # a hard unit without noise
         zero = torch.zeros((), dtype=cdt, device=dev)
         return UnitSpec(UnitTensors(torch.zeros(n, dtype=cdt, device=dev), zero,
                                     constants(1.0, *affine, cdt, dev)), NOISELESS, 0.0)
