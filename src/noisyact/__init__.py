@@ -10,7 +10,7 @@ Quick start::
 
 from . import functional, saturating
 from .anneal import Constant, Cosine, Exponential, InverseSqrt, Linear, NoiseAnnealer
-from .compiler import compile_after, set_compile_after
+from .compiler import compile_after, compile_after_chosen, set_compile_after
 from .convert import NoisifyReport, noise_parameters, noisify, param_groups, register_converter
 from .fused import fused_mode, set_fused_mode
 from .modules import (
@@ -68,6 +68,7 @@ __all__ = [
     "UnitStats",
     "__version__",
     "compile_after",
+    "compile_after_chosen",
     "create_act_layer",
     "functional",
     "fused_mode",

@@ -24,8 +24,15 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from ..compiler import compile_after, compile_after_chosen, fused_mode, set_compile_after
-from ..noise import noise_source
+from .. import (
+    compile_after,
+    compile_after_chosen,
+    fused_mode,
+    noise_source,
+    set_compile_after,
+    set_fused_mode,
+    set_noise_source,
+)
 from ..training.checkpoint import atomic_write_json, load_checkpoint
 from ..training.distributed import DistInfo, barrier, setup_distributed
 from ..training.report import RowResult, collect, plot_curves, results_table, write_results
@@ -236,8 +243,6 @@ class _WorkerState:
 
 
 def _worker_init(threads: int, noise_source: str, fused: str, after: float, stop: Any) -> None:
-    from .. import compiler, noise
-
     exit_with_parent()
     # Ctrl-C reaches the whole process group: the parent stops the workers. It sets ``stop`` (no
     # queued run starts) and sends SIGTERM, which ends the run in hand where it is (checkpoints
@@ -246,9 +251,9 @@ def _worker_init(threads: int, noise_source: str, fused: str, after: float, stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop_worker)
     torch.set_num_threads(threads)
-    noise.set_noise_source(noise_source)
-    compiler.set_fused_mode(fused)
-    compiler.set_compile_after(after)
+    set_noise_source(noise_source)
+    set_fused_mode(fused)
+    set_compile_after(after)
 
 
 def _stop_worker(signum: int, frame: Any) -> None:
@@ -389,14 +394,12 @@ def _run_all(specs: list[RunSpec], dist: DistInfo, jobs: int, progress: bool
         for s in specs:
             yield _train_one(s, dist, progress)
         return
-    from .. import compiler, noise
-
     threads = max(1, torch.get_num_threads() // jobs)
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
     pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
-                               initargs=(threads, noise.noise_source(), compiler.fused_mode(),
-                                         compiler.compile_after(), stop))
+                               initargs=(threads, noise_source(), fused_mode(), compile_after(),
+                                         stop))
     try:
         for future in as_completed([pool.submit(_worker, s) for s in specs]):
             try:

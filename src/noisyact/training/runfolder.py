@@ -60,9 +60,7 @@ def _git_commit() -> tuple[str | None, bool]:
 
 def provenance() -> dict[str, Any]:
     """What besides the settings determines a run's numbers, as far as it can be known."""
-    from .. import __version__
-    from ..compiler import fused_mode
-    from ..noise import noise_source
+    from .. import __version__, fused_mode, noise_source
 
     commit, dirty = _git_commit()
     return {"noise_source": noise_source(), "fused_mode": fused_mode(),
