@@ -80,21 +80,55 @@ def test_overlap_is_undecided_and_says_how_many_seeds():
 @pytest.mark.parametrize(("a", "b"), [([115.0, 116.0], [108.0, 119.0]), ([1.0, 3.0], [2.0, 2.1]),
                                       ([0.5, 0.7, 0.9], [0.4, 0.5, 0.9]), ([1.0, 1.0], [2.0, 2.0]),
                                       ([10.0, 10.01], [10.0, 30.0])])
-def test_seeds_needed_is_the_first_n_whose_interval_excludes_zero(a, b):
-    """The smallest n per side (same means and spreads) whose Welch interval excludes zero, by
-    the definition: every n below it does not."""
+@pytest.mark.parametrize("power", [0.5, 0.8])
+def test_seeds_needed_is_the_first_n_with_the_power(a, b, power):
+    """The smallest n per side (same means and spreads) at which a true difference equal to the
+    observed one is decided with probability ``power`` (t approximation): n with
+    (t_0.975 + t_power)·SE(n) < diff, every n below it not; at power 0.5 that is the n whose
+    interval around the observed difference excludes zero."""
     diff = abs(statistics.fmean(a) - statistics.fmean(b))
     va, vb = statistics.variance(a), statistics.variance(b)
 
     def half(n):
-        df = (n - 1) * (va + vb) ** 2 / (va * va + vb * vb) if va + vb > 0 else 2 * n - 2
-        return t_quantile(0.975, max(df, 1.0)) * math.sqrt((va + vb) / n)
+        df = max((n - 1) * (va + vb) ** 2 / (va * va + vb * vb) if va + vb > 0 else 2 * n - 2,
+                 1.0)
+        z = t_quantile(0.975, df) + (t_quantile(power, df) if power != 0.5 else 0.0)
+        return z * math.sqrt((va + vb) / n)
 
-    n = seeds_needed(a, b, most=5000)
+    n = seeds_needed(a, b, most=200_000, power=power)
     assert n is not None and half(n) < diff
     assert n == 2 or half(n - 1) >= diff
     assert all(half(k) > half(k + 1) for k in range(2, min(n, 40)))  # so no n below decides
-    assert seeds_needed(a, b, most=n - 1) is None if n > 2 else True
+    assert seeds_needed(a, b, most=n - 1, power=power) is None if n > 2 else True
+    if power == 0.8:
+        assert n >= seeds_needed(a, b, most=200_000, power=0.5)  # more seeds for more power
+
+
+def test_welch_p_and_holm():
+    from noisyact.training.verdict import Verdict, holm, welch_p
+
+    # p < 0.05 exactly when the 95 % interval excludes zero
+    for a, b in (([115.0, 116.0, 115.5], [108.0, 109.0, 108.5]), ([1.0, 3.0], [2.0, 2.1]),
+                 ([0.5, 0.7, 0.9], [0.4, 0.5, 0.9])):
+        _, low, high = welch_interval(a, b)
+        assert (welch_p(a, b) < 0.05) == (low > 0 or high < 0)
+    # the values of scipy.stats.ttest_ind(a, b, equal_var=False).pvalue (SciPy 1.x)
+    assert welch_p([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.5]) == pytest.approx(0.157914268,
+                                                                                 rel=1e-6)
+    assert welch_p([115.0, 116.0, 115.5], [108.0, 109.0, 108.5]) == pytest.approx(6.78691e-5,
+                                                                                   rel=1e-4)
+
+    def v(p, verdict="holds"):
+        return Verdict(LOWER, None, None, 1.0, 0.5, 1.5, verdict, "", p)  # type: ignore[arg-type]
+
+    # m = 4: thresholds 0.0125, 0.0167, 0.025, 0.05 in order of increasing p
+    family = [v(0.02), v(0.001), v(0.04, "does not hold"), v(0.012)]
+    assert holm(family) == ["holds", "holds", "does not hold", "holds"]  # each under its step
+    family = [v(0.03), v(0.001), v(0.014, "does not hold"), v(0.04)]
+    # 0.001 <= 0.0125, 0.014 <= 0.0167, then 0.03 > 0.025: it and 0.04 are undecided
+    assert holm(family) == ["undecided", "holds", "does not hold", "undecided"]
+    assert holm([v(0.001), v(math.nan, "undecided")]) == ["holds", "undecided"]
+    assert holm([v(0.03), v(0.04)]) == ["undecided", "undecided"]
 
 
 def test_one_seed_is_always_undecided_even_with_a_large_gap():

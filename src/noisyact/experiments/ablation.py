@@ -352,6 +352,7 @@ def _claims() -> tuple[Claim, ...]:
 EXPERIMENT = Ablation(
     name="ablation",
     paper_table="§4–§5 parts and sensitivity",  # the heading in docs/results.md
+    headline="ablation-quick",
     claims=_claims(),
     description=(
         "Which part of Eq. 12 matters: rows switch off one part of the NAN/NAH units of a "

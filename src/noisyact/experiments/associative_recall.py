@@ -206,6 +206,7 @@ EXPERIMENT = Experiment(
     task=RecallTask,
     name="associative-recall",
     paper_table="Fig. 9",
+    headline="associative-recall-long",
     claims=(Claim("noisy-annealed", "regular", "updates_to_solve", "updates to solve",
                   missing_as="steps"),
             Claim("noisy-annealed", "regular", "valid_nll", "valid NLL")),

@@ -124,6 +124,8 @@ class Experiment:
     # the paper's claims on this experiment, the headline first; judged in every report
     claims: tuple[Claim, ...] = ()
     paper_table: str = ""  # where the paper reports it ("Table 2", "Fig. 9")
+    # the run folder (a name under results/) whose verdict on the first claim the README quotes
+    headline: str = ""
     # final metrics that are a function of a run's logged records (the task's summarize): the
     # report derives them from metrics.jsonl for runs whose final.json predates them
     from_history: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None

@@ -366,6 +366,7 @@ EXPERIMENT = Captioning(
     task=CaptionTask,
     name="captioning",
     paper_table="Table 3",
+    headline="captioning-long-fresh",
     # the paper stops every model early: the claims compare the best-validation-NLL checkpoints
     claims=(Claim("NAH", "reference", "best_test_bleu4", "BLEU-4, early stopping",
                   lower_is_better=False),

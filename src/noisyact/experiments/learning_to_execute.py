@@ -281,6 +281,7 @@ EXPERIMENT = LearningToExecute(
     task=ExecuteTask,
     name="learning-to-execute",
     paper_table="Table 1, Fig. 8",
+    headline="learning-to-execute-long",
     claims=(Claim("NAH", "reference", "test_acc", "test acc %", lower_is_better=False),),
     description=(
         "§6.2 / Table 1: Learning to Execute (Zaremba & Sutskever 2014). 2-layer LSTM, "

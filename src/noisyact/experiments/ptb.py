@@ -291,6 +291,7 @@ EXPERIMENT = PTB(
     task=PTBTask,
     name="ptb",
     paper_table="Table 2",
+    headline="ptb-paper",
     claims=(Claim("NAN", "reference", "test_ppl", "test ppl"),
             Claim("NAH", "reference", "test_ppl", "test ppl"),
             Claim("NAN", "reference", "valid_ppl", "valid ppl"),

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..training.report import RowResult, collect, read_json, results_table
-from ..training.verdict import judge, verdict_table
+from ..training.verdict import Verdict, format_p, holm, judge, verdict_table
 from . import get, names
 
 PRESET_RANK = {"smoke": 0, "quick": 1, "long": 2, "paper": 3}
@@ -157,32 +157,41 @@ def _rel(target: Path, page_dir: Path) -> str:
 
 def summary(pubs: list[Published], page_dir: Path, results_page: Path) -> str:
     """The README's summary: per paper table, the headline claim, the paper's numbers, ours
-    (the most complete run folder that has both rows of the claim) and the verdict."""
+    (from the run folder the experiment names as its headline), the verdict with its p-value,
+    and the verdict after Holm's correction over all the headline claims of the table."""
     link = _rel(results_page, page_dir)
-    lines = ["| paper | claim | paper's numbers | ours | verdict | details |",
-             "|---|---|---|---|---|---|"]
+    # (paper table, claim, paper's numbers, ours, the verdict or None, link)
+    rows: list[tuple[str, str, str, str, Verdict | None, str]] = []
     for name in names():
         exp = get(name)
-        anchor = f"{link}#{_anchor(f'{name} ({exp.paper_table})')}"
+        anchor = f"[{name}]({link}#{_anchor(f'{name} ({exp.paper_table})')})"
         mine = sorted((p for p in pubs if p.config["experiment"] == name), key=lambda p: p.rank)
         if not exp.claims:
-            lines.append(f"| {exp.paper_table} | no comparative claim (figures) | — | — | — | "
-                         f"[{name}]({anchor}) |")
+            rows.append((exp.paper_table, "no comparative claim (figures)", "—", "—", None,
+                         anchor))
             continue
         claim = exp.claims[0]
         numbers = [exp.paper.get(row, {}).get(claim.metric) for row in (claim.better, claim.than)]
         paper = ("not in the paper" if not any(numbers) else
                  f"{claim.better} {numbers[0] or '—'} vs {claim.than} {numbers[1] or '—'}")
         if not mine:
-            lines.append(f"| {exp.paper_table} | {claim.text} | {paper} | no run folder yet | — "
-                         f"| [{name}]({anchor}) |")
+            rows.append((exp.paper_table, claim.text, paper, "no run folder yet", None, anchor))
             continue
-        # the most complete folder among those that ran both rows of the claim
-        best = ([p for p in mine if {claim.better, claim.than} <= p.finals().keys()] or mine)[-1]
+        named = [p for p in mine if p.name == exp.headline]
+        # the folder the experiment names; without it (a page of other folders), the most
+        # complete one among those that ran both rows of the claim
+        best = named[0] if named else (
+            [p for p in mine if {claim.better, claim.than} <= p.finals().keys()] or mine)[-1]
         v = judge(claim, best.finals())
-        ours = f"{v.better} vs {v.than} (`{best.name}`)"
-        lines.append(f"| {exp.paper_table} | {claim.text} | {paper} | {ours} | **{v.verdict}** | "
-                     f"[{name}]({anchor}) |")
+        rows.append((exp.paper_table, claim.text, paper, f"{v.better} vs {v.than} (`{best.name}`)",
+                     v, anchor))
+    corrected = iter(holm([r[4] for r in rows if r[4] is not None]))
+    lines = ["| paper | claim | paper's numbers | ours | verdict | p | verdict, Holm | details |",
+             "|---|---|---|---|---|---|---|---|"]
+    for table, text, paper, ours, v, anchor in rows:
+        judged = ["—", "—", "—"] if v is None else [f"**{v.verdict}**", format_p(v.p),
+                                                     next(corrected)]
+        lines.append("| " + " | ".join([table, text, paper, ours, *judged, anchor]) + " |")
     return "\n".join(lines)
 
 

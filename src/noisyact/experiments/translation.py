@@ -366,6 +366,7 @@ EXPERIMENT = Translation(
     task=TranslationTask,
     name="translation",
     paper_table="Table 4",
+    headline="translation-quick",
     # the paper stops every model early: the claims compare the best-validation-NLL checkpoints
     claims=(Claim("NAH", "reference", "best_test_bleu_beam", "test BLEU (beam), early stopping",
                   lower_is_better=False),

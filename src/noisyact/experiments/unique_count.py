@@ -187,6 +187,7 @@ EXPERIMENT = Experiment(
     task=UniqueCountTask,
     name="unique-count",
     paper_table="Table 5",
+    headline="unique-count-long",
     from_history=plateau_summary,
     claims=(Claim("NAN-annealed", "reference", "test_error", "test error %"),
             Claim("NAN-annealed", "NAN", "test_error", "test error %"),

@@ -10,7 +10,11 @@ reference test ppl"). :func:`judge` compares the two rows' seeds:
 - the verdict: **holds** when the interval lies above zero, **does not hold** when it lies below
   zero (the data contradict the paper's direction), **undecided** when it covers zero. A side
   with fewer than two seeds has no spread, so the claim is undecided whatever its means; an
-  undecided claim says roughly how many seeds per side would decide the observed difference.
+  undecided claim says how many seeds per side would decide the observed difference with 80 %
+  power (if the true difference and spreads were the observed ones);
+- the two-sided p-value of Welch's t-test (p < 0.05 exactly when the interval excludes zero),
+  and :func:`holm` for a family of claims (the README's headline claims): Holm's step-down
+  correction of their verdicts at the same level.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 HOLDS, DOES_NOT_HOLD, UNDECIDED = "holds", "does not hold", "undecided"
 LEVEL = 0.95
+POWER = 0.8
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,7 @@ class Verdict:
     high: float
     verdict: str
     reason: str
+    p: float = math.nan  # two-sided p-value of Welch's t-test (NaN without an interval)
 
     def line(self) -> str:
         """A markdown table row: claim, both sides, the difference with its interval, verdict."""
@@ -97,11 +103,19 @@ class Verdict:
             interval = (f"{_fmt(self.diff, signed=True)} [{_fmt(self.low, signed=True)}, "
                         f"{_fmt(self.high, signed=True)}]")
         return (f"| {self.claim.text} | {self.better} | {self.than} | {interval} | "
+                f"{format_p(self.p)} | "
                 f"**{self.verdict}**{': ' + self.reason if self.reason else ''} |")
 
 
 VERDICT_HEADER = ("| claim (paper's direction) | claimed better | claimed worse | difference "
-                  "[95 % CI] | verdict |\n|---|---|---|---|---|")
+                  "[95 % CI] | p | verdict |\n|---|---|---|---|---|---|")
+
+
+def format_p(p: float) -> str:
+    """A p-value for a table: '—' when there is none, '< 0.0001' below that."""
+    if math.isnan(p):
+        return "—"
+    return "< 0.0001" if p < 1e-4 else f"{p:.4f}" if p < 0.01 else f"{p:.3f}"
 
 
 def _digits(x: float) -> int:
@@ -180,25 +194,59 @@ def t_quantile(p: float, df: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def welch_interval(a: Sequence[float], b: Sequence[float], level: float = LEVEL
-                   ) -> tuple[float, float, float]:
-    """mean(a) − mean(b) and its ``level`` confidence interval by Welch's t (≥ 2 values each)."""
+def _welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """(mean(a) − mean(b), its squared standard error, Welch-Satterthwaite df)."""
     if len(a) < 2 or len(b) < 2:
         raise ValueError("Welch's interval needs at least two values on each side")
     diff = statistics.fmean(a) - statistics.fmean(b)
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     se2 = va + vb
+    if se2 == 0.0:
+        return diff, 0.0, math.inf
+    return diff, se2, se2 * se2 / (va * va / (len(a) - 1) + vb * vb / (len(b) - 1))
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float], level: float = LEVEL
+                   ) -> tuple[float, float, float]:
+    """mean(a) − mean(b) and its ``level`` confidence interval by Welch's t (≥ 2 values each)."""
+    diff, se2, df = _welch(a, b)
     if se2 == 0.0:  # both sides exactly repeatable: the interval is the point itself
         return diff, diff, diff
-    df = se2 * se2 / (va * va / (len(a) - 1) + vb * vb / (len(b) - 1))
     half = t_quantile(0.5 + level / 2.0, df) * math.sqrt(se2)
     return diff, diff - half, diff + half
 
 
+def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """The two-sided p-value of Welch's t-test of mean(a) = mean(b) (≥ 2 values each)."""
+    diff, se2, df = _welch(a, b)
+    if se2 == 0.0:
+        return 1.0 if diff == 0.0 else 0.0
+    return min(1.0, 2.0 * (1.0 - t_cdf(abs(diff) / math.sqrt(se2), df)))
+
+
+def holm(verdicts: Sequence[Verdict], level: float = LEVEL) -> list[str]:
+    """The verdicts of a family of claims after Holm's step-down correction: in order of
+    increasing p, the k-th smallest (of m) keeps its verdict while p ≤ (1 − level)/(m − k + 1);
+    from the first that fails, it and the rest are undecided. Claims without a p-value count in
+    m and are undecided."""
+    alpha = 1.0 - level
+    m = len(verdicts)
+    order = sorted(range(m), key=lambda i: (math.isnan(verdicts[i].p), verdicts[i].p))
+    out = [UNDECIDED] * m
+    for k, i in enumerate(order):
+        p = verdicts[i].p
+        if math.isnan(p) or p > alpha / (m - k):
+            break
+        out[i] = verdicts[i].verdict
+    return out
+
+
 def seeds_needed(a: Sequence[float], b: Sequence[float], level: float = LEVEL,
-                 most: int = 1000) -> int | None:
-    """Seeds per side for which the observed difference would lie outside its interval (same
-    means and spreads); None when the means are equal (no number of seeds decides it)."""
+                 most: int = 1000, power: float = POWER) -> int | None:
+    """Seeds per side with which a true difference equal to the observed one (and the observed
+    spreads) would be decided with probability ``power`` (``power=0.5``: the n at which the
+    observed difference itself would just lie outside its interval); None when the means are
+    equal (no number of seeds decides it) or more than ``most`` would be needed."""
     diff = abs(statistics.fmean(a) - statistics.fmean(b))
     var = statistics.variance(a) + statistics.variance(b)
     if diff == 0.0:
@@ -207,7 +255,9 @@ def seeds_needed(a: Sequence[float], b: Sequence[float], level: float = LEVEL,
 
     def decides(n: int) -> bool:
         df = (n - 1) * var * var / squares if var > 0 else 2 * n - 2
-        return t_quantile(0.5 + level / 2.0, max(df, 1.0)) * math.sqrt(var / n) < diff
+        df = max(df, 1.0)
+        z = t_quantile(0.5 + level / 2.0, df) + (t_quantile(power, df) if power != 0.5 else 0.0)
+        return z * math.sqrt(var / n) < diff
 
     # the interval's half-width shrinks as n grows (both factors do): bisect for the first n
     if not decides(most):
@@ -250,17 +300,20 @@ def judge(claim: Claim, finals: dict[str, Sequence[dict[str, Any]]],
         return Verdict(claim, better, than, diff, math.nan, math.nan, UNDECIDED,
                        "one seed on a side has no spread to compare with; run ≥ 2 (better 3+)")
     diff, low, high = welch_interval(a, b, level)
+    p = welch_p(a, b)
     if low > 0:
-        return Verdict(claim, better, than, diff, low, high, HOLDS, "")
+        return Verdict(claim, better, than, diff, low, high, HOLDS, "", p)
     if high < 0:
-        return Verdict(claim, better, than, diff, low, high, DOES_NOT_HOLD, "")
+        return Verdict(claim, better, than, diff, low, high, DOES_NOT_HOLD, "", p)
     need = seeds_needed(a, b, level)
-    if need is None:
+    if statistics.fmean(a) == statistics.fmean(b):
         reason = "no difference between the means"
+    elif need is None:
+        reason = "the interval covers 0; more than 1000 seeds per side would be needed"
     else:
         reason = (f"the interval covers 0; ≈ {need} seeds per side would decide a difference "
-                  "this large")
-    return Verdict(claim, better, than, diff, low, high, UNDECIDED, reason)
+                  "this large with 80 % power")
+    return Verdict(claim, better, than, diff, low, high, UNDECIDED, reason, p)
 
 
 def verdict_table(claims: Sequence[Claim], finals: dict[str, Sequence[dict[str, Any]]]) -> str:
@@ -268,5 +321,6 @@ def verdict_table(claims: Sequence[Claim], finals: dict[str, Sequence[dict[str, 
     return "\n".join([VERDICT_HEADER, *(judge(c, finals).line() for c in claims)])
 
 
-__all__ = ["DOES_NOT_HOLD", "HOLDS", "UNDECIDED", "Claim", "Side", "Verdict", "judge",
-           "seeds_needed", "t_cdf", "t_quantile", "verdict_table", "welch_interval"]
+__all__ = ["DOES_NOT_HOLD", "HOLDS", "UNDECIDED", "Claim", "Side", "Verdict", "format_p", "holm",
+           "judge", "seeds_needed", "t_cdf", "t_quantile", "verdict_table", "welch_interval",
+           "welch_p"]
