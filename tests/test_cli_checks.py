@@ -1,6 +1,7 @@
 """Issue 19: settings, data, folders and environment checked before any training; every such
 error is one `noisyact: error: ...` line with exit status 2, and a refused run leaves no folder."""
 
+import json
 import os
 import subprocess
 import sys
@@ -311,3 +312,21 @@ def test_damaged_flickr8k_features_name_the_file(tmp_path, capsys):
     assert rc == 2
     _one_error_line(err, str(d / "features.pt"), "cannot be read")
     assert not out.exists()
+
+
+def test_report_check_reads_each_folders_results_and_final(tmp_path, capsys):
+    """Issue 32: `report --check` fails on a folder whose results.md is not its report, or whose
+    final.json records another number of updates than its metrics.jsonl."""
+    out = _finished_folder(tmp_path, capsys)
+    assert _run(capsys, "report", out, "--check")[0] == 0
+    results = out / "results.md"
+    results.write_text(results.read_text().replace("reference", "referenc", 1))
+    rc, err = _run(capsys, "report", out, "--check")
+    assert rc == 1 and f"{results} is not the report of its folder" in err
+    assert _run(capsys, "report", out)[0] == 0  # the advice: regenerate it
+    assert _run(capsys, "report", out, "--check")[0] == 0
+    final = out / "reference" / "seed0" / "final.json"
+    data = json.loads(final.read_text())
+    final.write_text(json.dumps({**data, "steps": data["steps"] + 2}))
+    rc, err = _run(capsys, "report", out, "--check")
+    assert rc == 1 and "records 6 updates, metrics.jsonl ends at update 4" in err

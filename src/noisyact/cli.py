@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--readme", default=None, metavar="FILE",
                      help="also regenerate the results summary of this README")
     rep.add_argument("--check", action="store_true",
-                     help="write nothing; exit 1 if --docs/--readme are out of date")
+                     help="write nothing; exit 1 if --docs/--readme or a folder's results.md "
+                          "are out of date, or a folder's final.json disagrees with its "
+                          "metrics.jsonl")
     return ap
 
 
@@ -144,6 +146,9 @@ def _report(args: argparse.Namespace) -> int:
     if args.check:
         pubs = [publish.load(f) for f in folders]
         stale = []
+        problems = [msg for f in folders for msg in publish.folder_problems(f)]
+        for msg in problems:
+            print(msg, file=sys.stderr)
         if args.docs:
             page = Path(args.docs)
             if publish.render_results_page(page.read_text(), pubs, page) != page.read_text():
@@ -156,7 +161,7 @@ def _report(args: argparse.Namespace) -> int:
         for name in stale:
             print(f"{name} is out of date: run `noisyact report {' '.join(args.dirs)} "
                   f"--docs ... --readme ...`", file=sys.stderr)
-        return 1 if stale else 0
+        return 1 if stale or problems else 0
     for folder in folders:
         cfg = publish.load(folder).config
         path = experiments.write_report(experiments.get(cfg["experiment"]), folder,

@@ -151,6 +151,38 @@ def stale_figures(pubs: list[Published], page_dir: Path) -> list[Path]:
             if not dst.exists() or dst.read_bytes() != (pub.path / name).read_bytes()]
 
 
+def folder_problems(folder: Path) -> list[str]:
+    """What is inconsistent in a run folder: a seed whose ``final.json`` records another number
+    of updates than its ``metrics.jsonl`` ends at, and a ``results.md`` that is not the one
+    :func:`~noisyact.experiments.base.write_report` makes from the folder (rendered in a copy;
+    the folder is not written)."""
+    import json
+    import tempfile
+
+    from ..training.report import read_jsonl
+    from .base import report_settings, write_report
+
+    problems = []
+    for final_path in sorted(folder.glob("*/seed*/final.json")):
+        final, metrics = read_json(final_path), final_path.parent / "metrics.jsonl"
+        if final.get("failed") or "steps" not in final or not metrics.exists():
+            continue
+        steps = [r["step"] for r in read_jsonl(metrics) if "step" in r]
+        if steps and max(steps) != final["steps"]:
+            problems.append(f"{final_path} records {final['steps']} updates, {metrics.name} ends "
+                            f"at update {max(steps)}: the folder mixes two runs; rerun that seed")
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / folder.name
+        shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("checkpoint.pt", ".*"))
+        fresh = write_report(get(config["experiment"]), copy, report_settings(config)).read_text()
+    committed = folder / "results.md"
+    if not committed.exists() or committed.read_text() != fresh:
+        problems.append(f"{committed} is not the report of its folder: run `noisyact report "
+                        f"{folder}`")
+    return problems
+
+
 def _rel(target: Path, page_dir: Path) -> str:
     return Path(os.path.relpath(target.resolve(), page_dir.resolve())).as_posix()
 
