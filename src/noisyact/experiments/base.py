@@ -35,7 +35,14 @@ from .. import (
 )
 from ..training.checkpoint import atomic_write_json, load_checkpoint
 from ..training.distributed import DistInfo, barrier, setup_distributed
-from ..training.report import RowResult, collect, plot_curves, results_table, write_results
+from ..training.report import (
+    RowResult,
+    collect,
+    partial_note,
+    plot_curves,
+    results_table,
+    write_results,
+)
 from ..training.runfolder import RunFolder, command_line, provenance
 from ..training.task import Task
 from ..training.trainer import ResumeError, TrainConfig, resume_conflicts, train
@@ -445,12 +452,8 @@ def write_report(exp: Experiment, out_dir: Path, cfg: dict[str, Any] | None = No
     rows = list(cfg.get("rows") or exp.rows)
     results = exp.complete(collect(out_dir, rows))
     body = [exp.description]
-    expected = len(rows) * int(cfg.get("seeds", 1))
-    finished = sum(len(r.finals) for r in results)
-    if finished < expected:  # a run still writing the folder, or one that was stopped
-        body.append(f"**Partial: {finished} of {expected} runs have finished** (the others are "
-                    "running, were interrupted or not started); the tables show the finished "
-                    "ones.")
+    partial = partial_note(results, int(cfg.get("seeds", 1)))  # a run writing it, or stopped
+    body += [partial] if partial else []
     body.append(results_table(results, exp.columns, exp.paper))
     claims = [c for c in exp.claims if c.better in rows and c.than in rows]
     if claims:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..training.report import RowResult, collect, read_json, results_table
+from ..training.report import RowResult, collect, partial_note, read_json, results_table
 from ..training.verdict import Verdict, format_p, holm, judge, verdict_table
 from . import get, names
 
@@ -109,8 +109,9 @@ def section(pub: Published, page_dir: Path) -> str:
         f"commit {commit[:10]}{' + local changes' if prov.get('dirty') else ''}" if commit
         else "", f"torch {prov['torch']}" if prov.get("torch") else "",
         f"noise source {prov['noise_source']}" if prov.get("noise_source") else ""]))
+    partial = partial_note(pub.results, int(pub.config.get("seeds", 1)))
     parts = [f"`{pub.command()}` ({_when(pub)}{'; ' + setup if setup else ''}; run folder "
-             f"`results/{pub.name}`)",
+             f"`results/{pub.name}`)", *([partial] if partial else []),
              results_table(pub.results, exp.columns, exp.paper)]
     claims = [c for c in exp.claims if c.better in pub.finals() and c.than in pub.finals()]
     if claims:

@@ -87,6 +87,16 @@ def collect(out_dir: str | Path, rows: Sequence[str]) -> list[RowResult]:
     return results
 
 
+def partial_note(results: Sequence[RowResult], seeds: int) -> str | None:
+    """The mark of a folder in which fewer than every row's ``seeds`` runs have finished."""
+    expected = len(results) * seeds
+    finished = sum(len(r.finals) for r in results)
+    if finished >= expected:
+        return None
+    return (f"**Partial: {finished} of {expected} runs have finished** (the others are "
+            "running, were interrupted or not started); the tables show the finished ones.")
+
+
 def results_table(results: Sequence[RowResult], columns: Sequence[tuple[str, str]],
                   paper: dict[str, dict[str, str]]) -> str:
     """Markdown table: one line per row, each metric ours (mean ± std) beside the paper's."""
