@@ -205,7 +205,7 @@ def test_parallel_jobs_give_the_results_of_one_process(tmp_path):
 KILLED_PARENT = """
 import multiprocessing, os, signal, sys, time
 from concurrent.futures import ProcessPoolExecutor
-from noisyact.experiments.base import exit_with_parent
+from noisyact.training.runner import exit_with_parent
 
 if __name__ == "__main__":
     init = exit_with_parent if sys.argv[1] == "watch" else None

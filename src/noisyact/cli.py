@@ -9,7 +9,8 @@ import threading
 from pathlib import Path
 
 from . import experiments
-from .experiments.base import RunError, report_settings
+from .experiments.base import report_settings
+from .training.runner import RunError
 
 
 def _parser() -> argparse.ArgumentParser:

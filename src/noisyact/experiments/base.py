@@ -7,14 +7,7 @@ of it and ``key=value`` overrides make a new one. Tasks get that config and read
 from __future__ import annotations
 
 import json
-import multiprocessing
-import multiprocessing.connection
-import os
-import signal
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,16 +17,6 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from .. import (
-    compile_after,
-    compile_after_chosen,
-    fused_mode,
-    noise_source,
-    set_compile_after,
-    set_fused_mode,
-    set_noise_source,
-)
-from ..training.checkpoint import atomic_write_json, load_checkpoint
 from ..training.distributed import DistInfo, barrier, setup_distributed
 from ..training.report import (
     RowResult,
@@ -44,8 +27,9 @@ from ..training.report import (
     write_results,
 )
 from ..training.runfolder import RunFolder, command_line, provenance
+from ..training.runner import RunError, RunSpec, check_resumable, compile_policy, run_all
 from ..training.task import Task
-from ..training.trainer import ResumeError, TrainConfig, resume_conflicts, train
+from ..training.trainer import TrainConfig
 from ..training.verdict import Claim, verdict_table
 from .config import ExperimentConfig, check_settings
 
@@ -184,105 +168,6 @@ def report_settings(config: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """One (row, seed) of a run folder, as handed to a worker process."""
-
-    exp: Experiment
-    cfg: ExperimentConfig
-    row: str
-    seed: int
-    run_dir: Path
-    resume: bool
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """What a (row, seed) ended with: its final metrics, or why it failed."""
-
-    row: str
-    seed: int
-    final: dict[str, Any]
-
-    @property
-    def failed(self) -> bool:
-        return "failed" in self.final
-
-
-def _train_one(spec: RunSpec, dist: DistInfo, progress: bool) -> RunOutcome:
-    task = spec.exp.make_task(spec.row, spec.cfg, spec.seed)
-    try:
-        final = train(task, spec.exp.train_config(spec.cfg, spec.seed), spec.run_dir, dist=dist,
-                      resume=spec.resume, progress=progress, desc=f"{spec.row} seed {spec.seed}",
-                      settings=spec.cfg.to_dict())
-    except FloatingPointError as err:  # a diverged seed is a result, not a crash
-        final = {"failed": str(err)}
-        if dist.is_main:
-            atomic_write_json(final, spec.run_dir / "final.json")
-    return RunOutcome(spec.row, spec.seed, final)
-
-
-def exit_with_parent() -> None:
-    """In a worker process: exit as soon as the parent process ends, however it ends.
-
-    A ``--jobs`` worker outlives a parent killed by a signal (only Ctrl-C reaches the whole
-    process group), and would go on training into a folder whose lock is gone, beside a
-    ``--resume`` that trains the same run. A daemon thread waits on the parent's sentinel (the
-    public ``multiprocessing.parent_process()``) and ends the worker; what it has finished is
-    in its atomic checkpoints, which ``--resume`` continues.
-    """
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-
-    def watch() -> None:
-        multiprocessing.connection.wait([parent.sentinel])
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
-class _Stopped(Exception):
-    """A worker's run stopped by the parent."""
-
-
-class _WorkerState:
-    stop: Any = None  # the parent's multiprocessing.Event: set, no further run starts
-    running = False
-
-
-def _worker_init(threads: int, noise_source: str, fused: str, after: float, stop: Any) -> None:
-    exit_with_parent()
-    # Ctrl-C reaches the whole process group: the parent stops the workers. It sets ``stop`` (no
-    # queued run starts) and sends SIGTERM, which ends the run in hand where it is (checkpoints
-    # are atomic) so that the worker returns to the pool and the pool shuts down cleanly.
-    _WorkerState.stop = stop
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _stop_worker)
-    torch.set_num_threads(threads)
-    set_noise_source(noise_source)
-    set_fused_mode(fused)
-    set_compile_after(after)
-
-
-def _stop_worker(signum: int, frame: Any) -> None:
-    if _WorkerState.running:
-        raise _Stopped
-
-
-def _worker(spec: RunSpec) -> RunOutcome:
-    stopped = RunOutcome(spec.row, spec.seed, {"failed": "stopped"})
-    if _WorkerState.stop is not None and _WorkerState.stop.is_set():
-        return stopped
-    _WorkerState.running = True
-    try:
-        return _train_one(spec, DistInfo(), progress=False)
-    except _Stopped:
-        return stopped
-    finally:
-        _WorkerState.running = False
-
-
 def preflight(exp: Experiment, cfg: ExperimentConfig, rows: Sequence[str]) -> None:
     """Build every row's task, loop settings and model once, so that a bad setting fails before
     anything trains or is written (``ValueError`` naming the row)."""
@@ -308,24 +193,12 @@ def run_experiment(exp: Experiment, preset: str = "quick", *, seeds: int | None 
     interrupted ones continued only with ``resume``; ``overwrite`` deletes an earlier run of the
     folder. ``jobs`` > 1 trains that many (row, seed) runs at once in worker processes, each with
     its share of torch's threads. Under ``torchrun`` every row runs data-parallel across the
-    processes. Fused kernels are compiled at their first call (so that a rerun is bit-identical)
-    unless a budget was chosen (:func:`~noisyact.compiler.set_compile_after` or
-    ``NOISYACT_COMPILE_AFTER``); the caller's setting is left as it was.
+    processes. Fused kernels are compiled as :func:`~noisyact.training.runner.compile_policy`
+    says.
     """
-    # NOISYACT_NOISE / NOISYACT_FUSED / NOISYACT_COMPILE_AFTER: ValueError if bad
-    noise_source(), fused_mode(), compile_after()
-    # unless told otherwise, kernels are compiled at their first call: when a kernel switches
-    # from eager to compiled code (which round differently) must not depend on timing, or a
-    # rerun would not be bit-identical; a training run amortises the compilation anyway
-    default_budget = not compile_after_chosen()
-    if default_budget:
-        set_compile_after(0)
-    try:
+    with compile_policy():
         return _run_experiment(exp, preset, seeds, first_seed, out, device, resume, overwrite,
                                jobs, overrides, progress, log)
-    finally:
-        if default_budget:
-            set_compile_after(None)
 
 
 def _run_experiment(exp: Experiment, preset: str, seeds: int | None, first_seed: int,
@@ -375,7 +248,7 @@ def _run_experiment(exp: Experiment, preset: str, seeds: int | None, first_seed:
                 check_resumable(exp, todo, dist.world_size)
             folder.write_config(config)
         barrier(dist)
-        outcomes = _run_all(todo, dist, jobs, progress)
+        outcomes = run_all(todo, dist, jobs, progress)
         try:
             for o in outcomes:  # each as it finishes
                 if dist.is_main:
@@ -395,53 +268,6 @@ def _run_experiment(exp: Experiment, preset: str, seeds: int | None, first_seed:
 def _number(v: float) -> str:
     """A value for the run log: counts as integers (10000, not 1e+04), others to 4 digits."""
     return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:.4g}"
-
-
-def _run_all(specs: list[RunSpec], dist: DistInfo, jobs: int, progress: bool
-             ) -> Iterator[RunOutcome]:
-    if jobs == 1 or len(specs) <= 1:
-        for s in specs:
-            yield _train_one(s, dist, progress)
-        return
-    threads = max(1, torch.get_num_threads() // jobs)
-    ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
-    pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
-                               initargs=(threads, noise_source(), fused_mode(), compile_after(),
-                                         stop))
-    try:
-        for future in as_completed([pool.submit(_worker, s) for s in specs]):
-            try:
-                yield future.result()
-            except BrokenProcessPool:
-                raise RunError("a worker process ended abruptly (killed, or out of memory); "
-                               "finished runs and checkpoints are kept: continue with the same "
-                               "command and --resume") from None
-    except BaseException:  # Ctrl-C, SIGTERM, a failed run: no queued run starts, none goes on
-        stop.set()
-        pool.shutdown(wait=False, cancel_futures=True)
-        for child in multiprocessing.active_children():
-            child.terminate()  # SIGTERM: the run in hand returns (_stop_worker)
-        raise
-    finally:
-        pool.shutdown()  # the workers end and the pool's queues are released
-
-
-class RunError(RuntimeError):
-    """A run that could not go on (a worker process died); the message says how to continue."""
-
-
-def check_resumable(exp: Experiment, specs: Sequence[RunSpec], world_size: int) -> None:
-    """Refuse (:class:`~noisyact.training.trainer.ResumeError`) to continue any checkpoint of
-    ``specs`` that was trained under other settings or another number of processes."""
-    for spec in specs:
-        path = spec.run_dir / "checkpoint.pt"
-        if path.exists():
-            ck = load_checkpoint(path, required=("config",))
-            conflicts = resume_conflicts(ck, exp.train_config(spec.cfg, spec.seed),
-                                         spec.cfg.to_dict(), world_size)
-            if conflicts:
-                raise ResumeError(path, conflicts)
 
 
 def write_report(exp: Experiment, out_dir: Path, cfg: dict[str, Any] | None = None) -> Path:
