@@ -44,9 +44,8 @@ INLINE_OPTIONS = {"realize_opcount_threshold": 1 << 20, "realize_acc_reads_thres
 #: at least 512 elements per thread: a kernel first compiled on a small input (a test, a smoke
 #: run, a first small batch) ran serially for every later input, whatever its size, and its
 #: on-disk cache entry (keyed without the example's sizes) served that serial code to every later
-#: process of the machine (the activation over 4096×4096 took 224 ms instead of 135 ms).
-#: (``cpp.dynamic_threads``, which defers the thread count to run time, also fixes that, but made
-#: the recurrent layers' small per-step kernels about 10 % slower.)
+#: process of the machine. (``cpp.dynamic_threads``, which defers the thread count to run time,
+#: fixes that too, at a cost to the recurrent layers' small per-step kernels.)
 COMMON_OPTIONS = {"cpp.min_chunk_size": 1}
 
 

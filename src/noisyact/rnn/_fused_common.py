@@ -150,20 +150,16 @@ def accumulate(acc: Tensor, parts: list[Tensor]) -> Tensor:
 
 def recurrent_transposed(w: Tensor) -> Tensor:
     """Wᵀ of a recurrent weight W (G, H), contiguous: what the forward step multiplies by, made
-    once per layer call. Reading W transposed in place would save the copy, but MKL sums a
-    product of a few rows (on the CPU tested: one to three with one thread, five too with two)
-    in another order when its right operand is a transposed view, so small batches (evaluation
-    with batch 1, beam search) would change in their last bits and the committed results would
-    no longer reproduce bit for bit."""
+    once per layer call. A transposed view would save the copy (at most a few per cent of a
+    step, ``benchmarks/rnn.py``); MKL then sums products of a few rows in another order than
+    for a contiguous operand, so the choice also decides the last bits of small batches."""
     return w.t().contiguous()
 
 
 def recurrent_weight_grad(d_pre: Tensor, h_prev: list[Tensor], out: Tensor,
                           mask: Tensor | None) -> Tensor:
     """Σ_t d_pre[t]ᵀ h_{t−1} as GEMMs; without a mask the outputs are the states, so
-    h_1 .. h_{T−1} are ``out[:-1]`` and nothing is stacked. (One GEMM with h_0 put in front of
-    ``out[:-1]`` would sum in another order: every trained model, and so every committed
-    result, would change in its last bits and then diverge.)"""
+    h_1 .. h_{T−1} are ``out[:-1]`` and nothing is stacked."""
     G, H = d_pre.shape[-1], h_prev[0].shape[-1]
     if mask is not None:
         return d_pre.reshape(-1, G).t() @ torch.stack(h_prev).reshape(-1, H)
