@@ -246,3 +246,20 @@ def test_a_worker_ends_with_its_killed_parent(tmp_path, mode):
     finally:
         if _alive(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+def test_seeds_added_after_results_are_recorded_and_shown(tmp_path, capsys):
+    """Issue 32: a resume that adds seeds to a folder with finished runs records it in
+    config.json, and the folder's section in the results page says so."""
+    from noisyact.experiments import publish
+
+    out = tmp_path / "D"
+    assert _run(capsys, out, "--seeds", "1")[0] == 0
+    assert "seeds_added" not in json.loads((out / "config.json").read_text())
+    assert _run(capsys, out, "--seeds", "3", "--resume")[0] == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["seeds"] == 3
+    assert config["seeds_added"] == [{"seeds": [1, 3], "at": config["seeds_added"][0]["at"],
+                                      "runs_finished_before": 1}]
+    text = publish.section(publish.load(out), tmp_path)
+    assert "Seeds 1-2 were added on" in text and "after 1 runs had finished" in text

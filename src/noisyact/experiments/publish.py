@@ -110,6 +110,14 @@ def section(pub: Published, page_dir: Path) -> str:
         else "", f"torch {prov['torch']}" if prov.get("torch") else "",
         f"noise source {prov['noise_source']}" if prov.get("noise_source") else ""]))
     partial = partial_note(pub.results, int(pub.config.get("seeds", 1)))
+    first = int(pub.config.get("first_seed", 0))
+    for add in pub.config.get("seeds_added", []):  # recorded by the run folder
+        lo, hi = (first + n for n in add["seeds"])
+        which = f"Seed {lo} was" if hi - lo == 1 else f"Seeds {lo}-{hi - 1} were"
+        partial = ((partial + " ") if partial else "") + (
+            f"{which} added on {str(add.get('at') or '?')[:10]}, after "
+            f"{add['runs_finished_before']} runs had finished: chosen after their numbers could "
+            "be seen.")
     parts = [f"`{pub.command()}` ({_when(pub)}{'; ' + setup if setup else ''}; run folder "
              f"`results/{pub.name}`)", *([partial] if partial else []),
              results_table(pub.results, exp.columns, exp.paper)]

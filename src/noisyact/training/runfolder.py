@@ -188,10 +188,21 @@ class RunFolder:
         return left
 
     def write_config(self, config: dict[str, Any]) -> None:
-        if self.config_path.exists():  # a resume may add seeds; the rest was checked equal
+        """Write ``config.json``. A resume may add seeds (the rest was checked equal): the
+        seeds a folder was started with stay recorded, and each addition made once runs had
+        finished (so after their numbers could be seen) is recorded in ``seeds_added`` with the
+        date and the number of runs finished before it."""
+        if self.config_path.exists():
             old = read_config(self.config_path)
-            config = {**config, "seeds": max(int(old.get("seeds", 1)), int(config["seeds"])),
-                      "created": old.get("created", config.get("created"))}
+            before, now = int(old.get("seeds", 1)), int(config["seeds"])
+            added = list(old.get("seeds_added", []))
+            finished = len(list(self.path.glob("*/seed*/final.json")))
+            if now > before and finished:
+                added.append({"seeds": [before, now], "at": config.get("created"),
+                              "runs_finished_before": finished})
+            config = {**config, "seeds": max(before, now),
+                      "created": old.get("created", config.get("created")),
+                      **({"seeds_added": added} if added else {})}
         atomic_write_json(config, self.config_path)
 
     @contextmanager
