@@ -281,3 +281,22 @@ def test_summary_uses_a_folder_that_has_both_rows_of_the_headline_claim(tmp_path
     assert cli.main(["report", str(results), "--docs", str(docs), "--readme", str(readme)]) == 0
     line = next(x for x in readme.read_text().splitlines() if x.startswith("| Table 2 |"))
     assert "(`ptb-paper`)" in line and "108.25 ± 0.35 (n=2)" in line
+
+
+def test_the_ptb_rerun_reproduces_the_committed_seed():
+    """docs/results.md says that results/ptb-paper-rerun (NAN seed 0 at the factorial's commit)
+    reproduces results/ptb-paper's NAN seed 0 to the last digit: the two folders' rows come from
+    the same model code."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    rerun, first = root / "ptb-paper-rerun" / "NAN" / "seed0", root / "ptb-paper" / "NAN" / "seed0"
+    if not rerun.is_dir():
+        pytest.skip("no results/ptb-paper-rerun")
+    a, b = (json.loads((d / "final.json").read_text()) for d in (rerun, first))
+    assert {k: v for k, v in a.items() if k != "train_tokens_per_s"} == \
+        {k: v for k, v in b.items() if k != "train_tokens_per_s"}
+    new, old = ([json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+                for d in (rerun, first))
+    assert [{k: v for k, v in r.items() if not k.startswith("train_eval")} for r in new] == old
