@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, TypeVar
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_fits
 from ..compiler import fused_mode, run_kernel
 from ..functional import HALF_NORMAL_MEAN
 from ..fused import (
@@ -52,6 +53,8 @@ def unit_spec(m: nn.Module, n: int, like: Tensor) -> UnitSpec | None:
     affine = getattr(getattr(m, "fn", None), "affine", None)
     variant = getattr(m, "variant", None)
     if affine is not None and isinstance(variant, str):
+        # c and α enter the compute dtype here (the reference path checks them in functional)
+        check_fits(like.dtype, alpha=m.alpha, c=m.c)
         p = m.p if m.p is not None else torch.zeros(n, dtype=cdt, device=dev)
         kind = unit_kind(variant, bool(getattr(m, "clip_output", False)))
         v = kind.variant

@@ -27,7 +27,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from .._validation import check_fits
 from ._fused_gru import fused_gru_layer
 from ._fused_lstm import fused_lstm_layer
 from .reference import (
@@ -285,9 +284,6 @@ class _NoisyRNNBase(nn.Module):
             raise ValueError(f"RNN input dtype ({x.dtype}) does not match weight dtype "
                              f"({w.dtype}). Convert input: input.to({w.dtype}), or convert "
                              f"model: model.to({x.dtype})")
-        for unit in self.modules():  # c and α of every noisy unit fit the compute dtype
-            if isinstance(getattr(unit, "c", None), Tensor):
-                check_fits(x.dtype, alpha=getattr(unit, "alpha", 1.0), c=unit.c)
         T, B = x.shape[0], x.shape[1]
         names = ["h_0", "c_0"]
         st = [self._parse_state(s, B, batched, x, names[i]) for i, s in enumerate(states)]
