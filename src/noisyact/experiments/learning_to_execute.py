@@ -5,9 +5,10 @@ predicts the characters of the printed value; accuracy is per character (ties co
 the original's measure. Rows: ``reference`` (nn.LSTM) and ``NAH`` (every gate and tanh unit a
 noisy hard unit with half-normal noise; the paper's Table 1 row).
 
-The training loop is the original's (``main.lua`` at commit 6a3a94f): truncated BPTT over packed
-columns with the state carried across chunks and programs, zeroed when a pass over the data
-wraps; loss = Σ over the unrolled steps of the batch-mean masked NLL; global-norm clipping at 5
+The training loop is the original's (``main.lua`` of ``wojzaremba/learning_to_execute``):
+truncated BPTT over packed columns with the state carried across chunks and programs, zeroed
+when a pass over the data wraps; loss = Σ over the unrolled steps of the batch-mean masked NLL;
+global-norm clipping at 5
 (the noisy paper's value); plain SGD at lr 0.5; new training data every pass; every 100 steps
 (at step ≡ 10) an evaluation that makes the curriculum harder when validation accuracy exceeds
 95 % or training accuracy fell below the value stored 4 checks earlier, multiplies lr by 0.8 when
